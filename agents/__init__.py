@@ -1,0 +1,1 @@
+"""Agents: business logic only. Each module registers its agents with ``@agent`` on import."""

@@ -1,0 +1,82 @@
+"""Redis: one pooled asyncio client per process, short timeouts, retries with backoff.
+
+Agents treat Redis as a mirror, never as the source of truth: a call that still fails after its
+retries raises :class:`DependencyUnavailable` and the caller decides how to carry on (the lock agent
+keeps serving from its table and re-syncs later).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from connectors.exceptions import DependencyUnavailable
+
+__all__ = ["RedisConnector", "TRANSIENT_REDIS_ERRORS"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisConnector:
+    """A pooled ``redis.asyncio`` client with a tenacity retry policy around each call."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 0.5,
+        attempts: int = 3,
+        max_connections: int = 32,
+    ) -> None:
+        self.url = url
+        self.attempts = attempts
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=max_connections,
+            decode_responses=False,
+            health_check_interval=30,
+        )
+
+    async def call(self, operation: Callable[[aioredis.Redis], Awaitable[T]], attempts: int | None = None) -> T:
+        """Run ``operation(client)``, retrying transient errors with exponential backoff."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts or self.attempts),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            retry=retry_if_exception_type(TRANSIENT_REDIS_ERRORS),
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await operation(self.client)
+        except RetryError as exc:
+            cause = exc.last_attempt.exception()
+            raise DependencyUnavailable(f"redis at {self.url} unavailable: {cause}") from cause
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ping(self) -> bool:
+        """Health check: True when Redis answers PING, False otherwise (never raises)."""
+        try:
+            return bool(await self.call(lambda client: client.ping(), attempts=1))
+        except DependencyUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,49 @@
+"""The ``@agent`` decorator and the list of agents the engine runs.
+
+Agents register themselves when their module is imported; Faust's autodiscovery imports the
+``agents`` package at worker start, so the app never names an agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from streams.catalog import TopicSpec
+from streams.engine.runner import AgentSpec, AssignedHook, InvalidHandler
+from streams.engine.stream import BatchStream
+
+__all__ = ["agent", "registered_agents"]
+
+_AGENTS: dict[str, AgentSpec] = {}
+
+F = TypeVar("F", bound=Callable[[BatchStream[Any]], Awaitable[None]])
+
+
+def agent(
+    name: str,
+    *,
+    topic: TopicSpec,
+    tables: tuple[str, ...] = (),
+    on_invalid: InvalidHandler | None = None,
+    on_assigned: AssignedHook | None = None,
+    tick_seconds: float | None = None,
+) -> Callable[[F], F]:
+    """Register an async function over a :class:`BatchStream` as an agent on ``topic``.
+
+    ``on_invalid`` is called for records that fail decoding or validation (after they are
+    dead-lettered) so the agent can answer the requester; ``tick_seconds`` makes the stream yield a
+    batch at least that often, empty if nothing arrived, for timers such as lock expiry.
+    """
+
+    def register(fn: F) -> F:
+        if name in _AGENTS and _AGENTS[name].fn is not fn:
+            raise ValueError(f"an agent named {name!r} is already registered")
+        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds)
+        return fn
+
+    return register
+
+
+def registered_agents() -> list[AgentSpec]:
+    return list(_AGENTS.values())

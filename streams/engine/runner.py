@@ -1,0 +1,322 @@
+"""Runs one agent: its consumer group, its tables, its batches, and its restarts.
+
+Each agent has its own consumer group (``<app_id>.<agent>``), so agents scale and fail independently.
+Partition assignment opens the agent's tables for those partitions and replays their changelogs
+before any record of them is processed; revocation waits for the batch in flight to be finished.
+An agent that raises is restarted with a backoff from its last committed offsets; records it had not
+committed are processed again, which is safe because agents deduplicate by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from faust_app import Settings
+from schemas import SchemaError, decode_event
+from streams.catalog import TopicSpec
+from streams.engine.outbox import Outbox
+from streams.engine.state import Table
+from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
+from streams.kafka import consumer_factory
+
+__all__ = ["AgentRunner", "AgentSpec"]
+
+logger = logging.getLogger(__name__)
+
+InvalidHandler = Callable[[Batch[Any], Record[Any], SchemaError], None]
+AssignedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
+
+
+@dataclass
+class AgentSpec:
+    """What the ``@agent`` decorator records about an agent."""
+
+    name: str
+    topic: TopicSpec
+    fn: Callable[[BatchStream[Any]], Awaitable[None]]
+    tables: tuple[str, ...] = ()
+    on_invalid: InvalidHandler | None = None
+    on_assigned: AssignedHook | None = None
+    tick_seconds: float | None = None
+
+    def changelog_topic(self, app_id: str, table: str) -> str:
+        return f"{app_id}.{self.name}.{table}.changelog"
+
+
+class AgentRunner:
+    """The machinery behind one agent's :class:`BatchStream`."""
+
+    def __init__(self, spec: AgentSpec, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.settings = settings
+        self.producer = producer
+        self.outbox = Outbox(producer)
+        self.group_id = f"{settings.app_id}.{spec.name}"
+        self.tables: dict[str, Table] = {
+            table: Table(
+                table,
+                spec.changelog_topic(settings.app_id, table),
+                settings.state_dir / spec.name / table,
+            )
+            for table in spec.tables
+        }
+        self.assigned_partitions: list[int] = []
+        self.consumer: AIOKafkaConsumer | None = None
+        self.ready = asyncio.Event()
+        self.restarts = 0
+        self.processed = 0
+        self.dead_lettered = 0
+        self._lock = asyncio.Lock()
+        self._in_batch = False
+        self._positions: dict[TopicPartition, int] = {}
+        self._next_tick = 0.0
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the agent until cancelled, restarting it after a crash."""
+        backoff = 1.0
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._start_consumer()
+                await self.spec.fn(BatchStream(self))
+                logger.info("agent %s returned; not restarting", self.name)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts += 1
+                logger.exception("agent %s crashed (restart %d in %.0f s)", self.name, self.restarts, backoff)
+            finally:
+                await self._cleanup()
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+
+    async def _start_consumer(self) -> None:
+        self.consumer = consumer_factory(self.settings, group_id=self.group_id)
+        await self.consumer.start()
+        self.consumer.subscribe([self.spec.topic.name], listener=_Listener(self))
+        self._next_tick = time.monotonic() + (self.spec.tick_seconds or 0)
+
+    async def _cleanup(self) -> None:
+        self.ready.clear()
+        if self._lock.locked() and self._in_batch:
+            self._in_batch = False
+            self._lock.release()
+        self.outbox.discard()
+        for table in self.tables.values():
+            table.discard_pending()
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except Exception:
+                logger.exception("agent %s: error while stopping its consumer", self.name)
+        for table in self.tables.values():
+            table.close_all()
+        self.assigned_partitions = []
+
+    # -- batches -----------------------------------------------------------------------------------
+
+    async def next_batch(self) -> Batch[Any]:
+        consumer = self.consumer
+        assert consumer is not None
+        tick = self.spec.tick_seconds
+        while True:
+            wait_ms = 1000
+            if tick:
+                wait_ms = max(0, min(wait_ms, int((self._next_tick - time.monotonic()) * 1000)))
+            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max_records)
+            await self._lock.acquire()
+            self._in_batch = True
+            batch = self._build_batch(fetched)
+            tick_due = bool(tick) and time.monotonic() >= self._next_tick
+            if tick_due and tick:
+                self._next_tick = time.monotonic() + tick
+                batch.tick = True
+            if batch.records or batch.failed or tick_due:
+                return batch
+            self._in_batch = False
+            self._lock.release()
+
+    def _build_batch(self, fetched: dict[TopicPartition, list[Any]]) -> Batch[Any]:
+        model = self.spec.topic.model
+        records: list[Record[Any]] = []
+        batch: Batch[Any] = Batch(self, records, now_ms())
+        owned = set(self.assigned_partitions)
+        for tp, messages in fetched.items():
+            if tp.partition not in owned:
+                continue  # revoked while the fetch was in flight; the new owner will process them
+            for message in messages:
+                record: Record[Any] = Record(
+                    message.topic, message.partition, message.offset, message.timestamp,
+                    message.key, message.value if message.value is not None else b"",
+                    list(message.headers or ()),
+                )
+                self._positions[tp] = message.offset + 1
+                try:
+                    record.event = decode_event(record.value, model)
+                except SchemaError as exc:
+                    batch.dead_letter(record, exc)
+                    if self.spec.on_invalid is not None:
+                        try:
+                            self.spec.on_invalid(batch, record, exc)
+                        except Exception:
+                            logger.exception("invalid-input handler of agent %s failed", self.name)
+                    continue
+                records.append(record)
+        self.processed += len(records)
+        return batch
+
+    def dead_letter(self, record: Record[Any], error: BaseException, attempts: int) -> None:
+        headers, letter = dead_letter_message(record, error, self.name, attempts)
+        self.dead_lettered += 1
+        logger.warning(
+            "agent %s: %s[%d]@%d to DLQ: %s: %s", self.name, record.topic, record.partition, record.offset,
+            letter.error_class, letter.error_message,
+        )
+        self.outbox.send(
+            self.spec.topic.dlq, record.key, record.value, partition=record.partition, headers=headers,
+            timestamp_ms=record.timestamp if record.timestamp > 0 else None,
+        )
+
+    async def finish_batch(self) -> None:
+        """Make the current batch's effects durable, then commit its offsets."""
+        if not self._in_batch:
+            return
+        try:
+            pending_by_table = {name: table.take_pending() for name, table in self.tables.items()}
+            for name, pending in pending_by_table.items():
+                topic = self.tables[name].changelog_topic
+                for partition, changes in pending.items():
+                    for key, value in changes.items():
+                        self.outbox.send(topic, key, value, partition=partition)
+            last_offsets = await self.outbox.flush()
+            for name, pending in pending_by_table.items():
+                table = self.tables[name]
+                for partition, changes in pending.items():
+                    table.commit(partition, changes, last_offsets.get((table.changelog_topic, partition)))
+            await self._commit()
+        finally:
+            self._in_batch = False
+            self._lock.release()
+
+    async def _commit(self) -> None:
+        if not self._positions or self.consumer is None:
+            return
+        owned = set(self.assigned_partitions)
+        offsets = {tp: offset for tp, offset in self._positions.items() if tp.partition in owned}
+        self._positions = {}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us; the new owner re-reads these records and dedupes them.
+            logger.warning("agent %s: offset commit failed after a rebalance: %s", self.name, exc)
+
+    # -- rebalancing -------------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            partitions = {tp.partition for tp in revoked if tp.topic == self.spec.topic.name}
+            for table in self.tables.values():
+                for partition in partitions:
+                    table.close(partition)
+            self.assigned_partitions = [p for p in self.assigned_partitions if p not in partitions]
+            self._positions = {tp: o for tp, o in self._positions.items() if tp.partition not in partitions}
+            if partitions:
+                logger.info("agent %s: partitions %s revoked", self.name, sorted(partitions))
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            partitions = sorted(tp.partition for tp in assigned if tp.topic == self.spec.topic.name)
+            for table in self.tables.values():
+                await self._restore(table, partitions)
+            self.assigned_partitions = sorted(set(self.assigned_partitions) | set(partitions))
+            if self.spec.on_assigned is not None:
+                await self.spec.on_assigned(self, partitions)
+            logger.info("agent %s: ready on partitions %s", self.name, self.assigned_partitions)
+            self.ready.set()
+
+    async def _restore(self, table: Table, partitions: list[int]) -> None:
+        """Bring the table's stores for these partitions up to the end of their changelog."""
+        if not partitions:
+            return
+        for partition in partitions:
+            table.open(partition)
+        consumer = consumer_factory(self.settings, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(table.changelog_topic, p) for p in partitions]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            remaining: dict[TopicPartition, int] = {}
+            for tp in tps:
+                store = table.open(tp.partition)
+                applied, end = store.changelog_offset, ends[tp]
+                if applied >= end:
+                    if applied >= 0:
+                        logger.warning(
+                            "agent %s: table %s[%d] is ahead of its changelog (applied %d, end %d): the "
+                            "broker lost data; keeping the local state", self.name, table.name,
+                            tp.partition, applied, end,
+                        )
+                        store.write({}, end - 1)
+                    continue
+                if applied + 1 < end:
+                    consumer.seek(tp, applied + 1)
+                    remaining[tp] = end
+            restored = 0
+            deadline = time.monotonic() + 300
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"restoring table {table.name} did not finish in 300 s")
+                fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
+                for tp, messages in fetched.items():
+                    changes: dict[bytes, bytes | None] = {}
+                    last = -1
+                    for message in messages:
+                        if message.offset >= remaining.get(tp, 0):
+                            break
+                        if message.key is not None:
+                            changes[message.key] = message.value
+                        last = message.offset
+                    if last >= 0:
+                        table.commit(tp.partition, changes, last)
+                        restored += len(changes)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= remaining[tp]:
+                        remaining.pop(tp)
+            if restored:
+                logger.info("agent %s: restored %d keys of table %s from its changelog", self.name, restored,
+                            table.name)
+        finally:
+            await consumer.stop()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: AgentRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._runner.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._runner.on_assigned(assigned)

@@ -1,0 +1,82 @@
+"""The Faust service that runs every registered agent inside ``soma worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import NewTopic
+from mode import Service
+
+from faust_app import Settings, app, settings
+from streams.catalog import all_topics, ensure_topics
+from streams.engine.registry import registered_agents
+from streams.engine.runner import AgentRunner
+from streams.kafka import admin_factory, producer_factory
+
+__all__ = ["StreamEngine", "changelog_topics", "prepare_topics"]
+
+logger = logging.getLogger(__name__)
+
+
+def changelog_topics(config: Settings) -> list[NewTopic]:
+    """The compacted changelog topic of every table of every registered agent."""
+    topics = []
+    for spec in registered_agents():
+        for table in spec.tables:
+            topics.append(
+                NewTopic(
+                    spec.changelog_topic(config.app_id, table),
+                    config.partitions,
+                    config.replication_factor,
+                    topic_configs={"cleanup.policy": "compact", "retention.ms": "-1"},
+                )
+            )
+    return topics
+
+
+async def prepare_topics(config: Settings) -> list[str]:
+    """Create the catalog's topics, their DLQs and the agents' changelogs where missing."""
+    admin = admin_factory(config)
+    await admin.start()
+    try:
+        topics = all_topics(config.partitions, config.replication_factor) + changelog_topics(config)
+        return await ensure_topics(admin, topics)
+    finally:
+        await admin.close()
+
+
+@app.service
+class StreamEngine(Service):
+    """Starts one :class:`AgentRunner` per registered agent, sharing one producer."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.producer: AIOKafkaProducer | None = None
+        self.runners: list[AgentRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def on_start(self) -> None:
+        specs = registered_agents()
+        await prepare_topics(self.settings)
+        self.producer = producer_factory(self.settings)
+        await self.producer.start()
+        for spec in specs:
+            runner = AgentRunner(spec, self.settings, self.producer)
+            self.runners.append(runner)
+            self._tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
+        logger.info("stream engine started agents: %s", ", ".join(spec.name for spec in specs) or "none")
+
+    async def on_stop(self) -> None:
+        for runner in self.runners:
+            await runner.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None

@@ -1,0 +1,1 @@
+"""Operator commands of the soma CLI: produce, tail (more in the operator tooling issue)."""
