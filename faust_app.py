@@ -190,6 +190,8 @@ def _load_settings() -> Settings:
 
 
 settings = _load_settings()
+# Faust creates only the last level of its datadir; the data dir itself may not exist yet.
+settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 app = faust.App(
     settings.app_id,

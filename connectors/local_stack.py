@@ -25,12 +25,13 @@ _HOWTO = """
 SomaAgent Streams is running (broker {bootstrap}, worker log below). In another terminal:
 
   # take the training lock for tenant acme
-  echo '{{"tenant":"acme","action":"enable","user":"ann","roles":["admin"],"reason":"fine-tune","ttl_seconds":3600}}' \\
-    | .venv/bin/soma produce soma.training.lock.commands
+  echo '{{"tenant":"acme","action":"enable","user":"ann","roles":["admin"],"reason":"fine-tune",'\\
+'"ttl_seconds":3600}}' | .venv/bin/soma produce soma.training.lock.commands
   # see the lock state events (and `redis-cli get training:lock:acme` for the Redis mirror)
   .venv/bin/soma tail soma.training.lock.state
   # release it
-  echo '{{"tenant":"acme","action":"disable","user":"ann","roles":["admin"]}}' | .venv/bin/soma produce soma.training.lock.commands
+  echo '{{"tenant":"acme","action":"disable","user":"ann","roles":["admin"]}}' \\
+    | .venv/bin/soma produce soma.training.lock.commands
 
 Ctrl-C stops the worker{and_broker}.
 """

@@ -24,7 +24,7 @@ from tenacity import (
 
 from connectors.exceptions import DependencyUnavailable
 
-__all__ = ["RedisConnector", "TRANSIENT_REDIS_ERRORS"]
+__all__ = ["TRANSIENT_REDIS_ERRORS", "RedisConnector"]
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ class DeadLetter:
 def dlq_headers(letter: DeadLetter, original: list[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
     """The original headers (minus stale dlq.* ones) followed by the dead-letter headers."""
     kept = [(name, value) for name, value in (original or []) if not name.startswith("dlq.")]
-    return kept + [
+    return [
+        *kept,
         (ORIGINAL_TOPIC, letter.topic.encode()),
         (ORIGINAL_PARTITION, str(letter.partition).encode()),
         (ORIGINAL_OFFSET, str(letter.offset).encode()),

@@ -79,7 +79,9 @@ class Batch(Generic[E]):
         """Input partitions this worker owns right now."""
         return self._runner.assigned_partitions
 
-    def emit(self, topic: str, key: str | bytes | None, event: Envelope, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def emit(
+        self, topic: str, key: str | bytes | None, event: Envelope, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         """Send an event (Avro-encoded) when this batch is finished."""
         raw_key = key.encode() if isinstance(key, str) else key
         self.outbox.send(topic, raw_key, encode_event(event), headers=headers)
@@ -90,7 +92,9 @@ class Batch(Generic[E]):
         self.failed += 1
 
     @contextmanager
-    def guard(self, record: Record[E], on_error: Callable[[Record[E], Exception], None] | None = None) -> Iterator[None]:
+    def guard(
+        self, record: Record[E], on_error: Callable[[Record[E], Exception], None] | None = None
+    ) -> Iterator[None]:
         """Contain a failure to one record: it is dead-lettered and the batch carries on."""
         try:
             yield
