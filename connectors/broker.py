@@ -103,7 +103,7 @@ class EmbeddedBroker:
             "--advertised-listener-url", url,
             "--storage-engine", "memory://tansu/",
         ]
-        log: IO[bytes] | int = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log: IO[bytes] | int = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         logger.info("starting embedded broker on %s", self.bootstrap_servers)
         self._process = subprocess.Popen(
             command,
