@@ -87,16 +87,6 @@ class Settings(BaseModel):
         0.5, alias="SOMA_REDIS_TIMEOUT_SECONDS", gt=0, le=30,
         description="Socket timeout of Redis calls; a slower Redis is treated as down.",
     )
-    qdrant_url: str | None = Field(None, alias="QDRANT_URL", description="Qdrant server URL; unset: local mode.")
-    openai_base_url: str | None = Field(
-        None, alias="OPENAI_BASE_URL",
-        description="OpenAI-compatible API base URL; unset: the embedded llama.cpp server.",
-    )
-    openai_api_key: str = Field("not-needed", alias="OPENAI_API_KEY", description="API key for OPENAI_BASE_URL.")
-    chat_model: str = Field("smollm2-135m-instruct", alias="SOMA_CHAT_MODEL", description="Default chat model.")
-    embedding_model: str = Field(
-        "all-MiniLM-L6-v2", alias="SOMA_EMBEDDING_MODEL", description="Embedding model name."
-    )
     admin_roles: list[str] = Field(
         default_factory=lambda: ["admin"], alias="SOMA_ADMIN_ROLES",
         description="Comma-separated roles that may enable/disable training locks.",
@@ -127,7 +117,7 @@ class Settings(BaseModel):
     )
     batch_wait_ms: int = Field(
         20, alias="SOMA_BATCH_WAIT_MS", ge=0, le=10_000,
-        description="Longest wait for a batch to fill before it is processed.",
+        description="Longest time the broker holds a fetch open waiting for a batch to fill.",
     )
 
     _split = field_validator("admin_roles", "admin_users", mode="before")(_split_csv)
@@ -249,8 +239,15 @@ async def dev(self: Any) -> None:
     raise SystemExit(code)
 
 
+_FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
+
+
 def main() -> None:
     """Entry point of the ``soma`` console script: Faust's CLI plus our commands."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["worker"] and not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=")
+                                         for arg in argv):
+        sys.argv.insert(2, f"--loglevel={_FAUST_LOG_LEVELS[settings.log_level]}")
     app.main()
 
 

@@ -295,7 +295,7 @@ async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
     tables=("locks", "seen"),
     on_invalid=_reply_invalid,
     on_assigned=_on_assigned,
-    tick_seconds=1.0,
+    tick_seconds=lambda settings: settings.lock_expiry_check_seconds,
 )
 async def lock_agent(stream: BatchStream[LockCommand]) -> None:
     """Answer lock commands, expire locks whose TTL passed, mirror the state to Redis."""

@@ -41,7 +41,7 @@ def run_local_stack(
     bootstrap: str | None,
     embedded_port: int,
     data_dir: Path,
-    worker_args: Sequence[str] = ("worker", "-l", "info"),
+    worker_args: Sequence[str] = ("worker",),
 ) -> int:
     """Run broker (when embedded) and worker until Ctrl-C; return the worker's exit code."""
     broker: EmbeddedBroker | None = None

@@ -27,13 +27,14 @@ def agent(
     tables: tuple[str, ...] = (),
     on_invalid: InvalidHandler | None = None,
     on_assigned: AssignedHook | None = None,
-    tick_seconds: float | None = None,
+    tick_seconds: float | Callable[[Any], float] | None = None,
 ) -> Callable[[F], F]:
     """Register an async function over a :class:`BatchStream` as an agent on ``topic``.
 
     ``on_invalid`` is called for records that fail decoding or validation (after they are
     dead-lettered) so the agent can answer the requester; ``tick_seconds`` makes the stream yield a
-    batch at least that often, empty if nothing arrived, for timers such as lock expiry.
+    batch at least that often, empty if nothing arrived, for timers such as lock expiry; it may be a
+    function of the settings.
     """
 
     def register(fn: F) -> F:

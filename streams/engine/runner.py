@@ -45,7 +45,7 @@ class AgentSpec:
     tables: tuple[str, ...] = ()
     on_invalid: InvalidHandler | None = None
     on_assigned: AssignedHook | None = None
-    tick_seconds: float | None = None
+    tick_seconds: float | Callable[[Settings], float] | None = None
 
     def changelog_topic(self, app_id: str, table: str) -> str:
         return f"{app_id}.{self.name}.{table}.changelog"
@@ -80,6 +80,8 @@ class AgentRunner:
         self._positions: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
         self._stopping = False
+        tick = spec.tick_seconds
+        self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -112,7 +114,7 @@ class AgentRunner:
         self.consumer = consumer_factory(self.settings, group_id=self.group_id)
         await self.consumer.start()
         self.consumer.subscribe([self.spec.topic.name], listener=_Listener(self))
-        self._next_tick = time.monotonic() + (self.spec.tick_seconds or 0)
+        self._next_tick = time.monotonic() + (self.tick_seconds or 0)
 
     async def _cleanup(self) -> None:
         self.ready.clear()
@@ -137,7 +139,7 @@ class AgentRunner:
     async def next_batch(self) -> Batch[Any]:
         consumer = self.consumer
         assert consumer is not None
-        tick = self.spec.tick_seconds
+        tick = self.tick_seconds
         while True:
             wait_ms = 1000
             if tick:
