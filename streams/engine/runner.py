@@ -93,7 +93,7 @@ class AgentRunner:
             try:
                 await self._start_consumer()
                 await self.spec.fn(BatchStream(self))
-                logger.info("agent %s returned; not restarting", self.name)
+                logger.info("agent %s stopped", self.name)
                 return
             except asyncio.CancelledError:
                 raise
@@ -108,7 +108,12 @@ class AgentRunner:
             backoff = min(backoff * 2, 30.0)
 
     async def stop(self) -> None:
+        """Ask the agent to stop after the batch in flight is finished and committed."""
         self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def _start_consumer(self) -> None:
         self.consumer = consumer_factory(self.settings, group_id=self.group_id)
@@ -145,6 +150,8 @@ class AgentRunner:
             if tick:
                 wait_ms = max(0, min(wait_ms, int((self._next_tick - time.monotonic()) * 1000)))
             fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max_records)
+            if self._stopping:
+                raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
             await self._lock.acquire()
             self._in_batch = True
             batch = self._build_batch(fetched)

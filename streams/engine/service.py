@@ -20,6 +20,8 @@ __all__ = ["StreamEngine", "changelog_topics", "prepare_topics"]
 
 logger = logging.getLogger(__name__)
 
+STOP_GRACE_SECONDS = 15.0
+
 
 def changelog_topics(config: Settings) -> list[NewTopic]:
     """The compacted changelog topic of every table of every registered agent."""
@@ -73,7 +75,9 @@ class StreamEngine(Service):
     async def on_stop(self) -> None:
         for runner in self.runners:
             await runner.stop()
-        for task in self._tasks:
+        # Let each agent finish and commit its batch in flight; cancel what is still busy after that.
+        _, busy = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS) if self._tasks else (set(), set())
+        for task in busy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []

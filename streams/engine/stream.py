@@ -123,6 +123,8 @@ class BatchStream(Generic[E]):
 
     async def __anext__(self) -> Batch[E]:
         await self._runner.finish_batch()
+        if self._runner.stopping:
+            raise StopAsyncIteration
         return await self._runner.next_batch()
 
     @property
