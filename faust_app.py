@@ -100,7 +100,7 @@ class Settings(BaseModel):
         description="TTL of a training lock when the command gives none (24 h).",
     )
     lock_max_ttl_seconds: int = Field(
-        604_800, alias="SOMA_LOCK_MAX_TTL_SECONDS", ge=1,
+        604_800, alias="SOMA_LOCK_MAX_TTL_SECONDS", ge=1, validate_default=True,
         description="Longest TTL a lock may be granted or extended to (7 days).",
     )
     lock_expiry_check_seconds: float = Field(
@@ -159,7 +159,7 @@ class Settings(BaseModel):
 
 
 def _describe(cls: type[Settings], exc: ValidationError) -> str:
-    by_name = {name: field for name, field in cls.model_fields.items()}
+    by_name = dict(cls.model_fields) | {field.alias: field for field in cls.model_fields.values() if field.alias}
     lines = ["invalid settings:"]
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "?"
