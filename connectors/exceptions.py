@@ -15,3 +15,63 @@ class BrokerStartError(ConnectorError):
 
 class DependencyUnavailable(ConnectorError):
     """An outside system (Redis, the LLM, Qdrant) did not answer after its retries."""
+
+
+class CircuitOpenError(DependencyUnavailable):
+    """A circuit breaker is open: the dependency failed repeatedly, so calls fail fast until a probe.
+
+    ``retry_in`` is how many seconds remain until the breaker lets one probe call through.
+    """
+
+    def __init__(self, message: str, *, dependency: str, retry_in: float) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+        self.retry_in = retry_in
+
+
+class LLMError(ConnectorError):
+    """Base of the errors of the chat-completion client."""
+
+
+class LLMUnavailable(LLMError, DependencyUnavailable):
+    """The LLM did not answer (connection refused, timeouts, 429, 5xx) after its retries."""
+
+
+class LLMRequestError(LLMError):
+    """The LLM rejected the request itself (4xx other than 408/409/429): retrying cannot help."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class LLMStreamError(LLMError):
+    """A completion stream broke after tokens had been delivered: the answer is incomplete.
+
+    Raised instead of retrying (the caller already forwarded part of the text) and instead of ending
+    quietly (a truncated answer must never pass for a complete one). ``partial_text`` is what had
+    arrived, for logs and the ``failed`` event, never to be presented as the answer.
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+
+class TokenCountUnavailable(LLMError):
+    """No tokenizer is reachable: neither the server's tokenize endpoint nor a local tokenizer."""
+
+
+class ModelServerError(ConnectorError):
+    """The embedded model server could not be started (missing package or model, crash, timeout)."""
+
+
+__all__ += [
+    "CircuitOpenError",
+    "LLMError",
+    "LLMRequestError",
+    "LLMStreamError",
+    "LLMUnavailable",
+    "ModelServerError",
+    "TokenCountUnavailable",
+]

@@ -1,0 +1,654 @@
+"""Streamed chat completions from any OpenAI-compatible server (OpenAI, llama.cpp, vLLM, ...).
+
+:class:`ChatClient` wraps ``openai.AsyncOpenAI`` with the failure policy of the platform:
+
+* Retries are ours, not the SDK's (it runs with ``max_retries=0``): tenacity retries connection
+  errors, timeouts, 408/409/429 and 5xx with exponential backoff and jitter, and honours the server's
+  ``Retry-After`` (capped), so the policy is visible in logs and testable.
+* Retries happen only **before the first token** is handed to the caller. Once text has flowed, a
+  broken stream raises :class:`LLMStreamError`: retrying would repeat text the caller already
+  forwarded, and ending quietly would pass a truncated answer off as a complete one. A stream that
+  ends without a ``finish_reason`` counts as broken, too.
+* A :class:`~connectors.circuit.CircuitBreaker` counts failed calls (one call = all its retries) and,
+  once open, makes :meth:`ChatClient.stream_chat` fail at once with ``CircuitOpenError`` until a
+  probe call succeeds. A request the server rejects (400, 401, 404, ...) raises
+  :class:`LLMRequestError` and does not count against the server: it answered.
+
+Token usage. The client asks for ``stream_options={"include_usage": True}``; when the provider sends
+usage it is used as is (``counted_by="provider"``). If a server rejects the option (400 naming
+``stream_options``) the request is repeated once without it and the client stops sending it. When a
+stream carries no usage — llama-cpp-python's server accepts the option and silently ignores it — the
+client counts the tokens itself (``counted_by="tokenizer"``), see :meth:`ChatClient.count_usage`:
+
+* prompt tokens: the messages rendered with the chat template (``prompt_renderer``, ChatML by
+  default) and tokenized as one text. For llama.cpp serving a ChatML model (SmolLM2, Qwen, ...) with
+  the right renderer this is exactly what the server evaluated (checked against the ``usage`` of a
+  non-streamed request in the integration tests). For other templates it is off by a few tokens per
+  message (the role markers differ).
+* completion tokens: the answer text re-tokenized. This equals the generated count except where the
+  model produced a non-canonical tokenization, and it leaves out the end-of-turn token.
+
+Counting uses the server's tokenizer when it has one (llama-cpp-python's ``POST /extras/tokenize/count``,
+found by trying it once), else a local tokenizer if one was given (:class:`GGUFTokenizer`, a vocab-only
+llama.cpp load of a GGUF: exact for that model, an approximation for any other). With neither, usage
+is ``None`` and a warning is logged; the client never invents counts. ``tiktoken`` is deliberately not
+used: it is not a dependency, and providers that use its encodings send usage anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Protocol, TypedDict, cast
+
+import openai
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionChunk
+from openai.types.completion_usage import CompletionUsage
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from connectors.circuit import CircuitBreaker
+from connectors.exceptions import (
+    LLMRequestError,
+    LLMStreamError,
+    LLMUnavailable,
+    TokenCountUnavailable,
+)
+from schemas.conversation import TokenUsage
+
+__all__ = [
+    "ChatClient",
+    "ChatDelta",
+    "ChatEvent",
+    "ChatMessage",
+    "ChatResult",
+    "GGUFTokenizer",
+    "LocalTokenizer",
+    "PromptRenderer",
+    "is_transient",
+    "render_chatml",
+    "retry_after_seconds",
+    "wait_retry_after",
+]
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_STATUS_CODES = frozenset({408, 409, 429})
+"""Besides every 5xx: the statuses a later attempt can cure (timeout, conflict, rate limit)."""
+
+
+class ChatMessage(TypedDict):
+    """One message of the conversation as the chat API takes it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+PromptRenderer = Callable[[Sequence[ChatMessage]], str]
+"""Renders messages into the prompt text the server's chat template would produce (for counting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDelta:
+    """A piece of answer text, in order; ``seq`` counts the deltas of one stream from 0."""
+
+    text: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """The end of a completed stream: always the last item :meth:`ChatClient.stream_chat` yields.
+
+    ``text`` is exactly the concatenation of the deltas. ``ttft_ms`` is the time from the call to the
+    first content delta, retries included (``None`` when the answer was empty); ``latency_ms`` the
+    time to the end of the stream. ``usage`` is ``None`` only when the provider sent none and no
+    tokenizer could count it.
+    """
+
+    text: str
+    finish_reason: str
+    usage: TokenUsage | None
+    model: str
+    ttft_ms: float | None
+    latency_ms: float
+    attempts: int
+
+
+ChatEvent = ChatDelta | ChatResult
+
+
+class LocalTokenizer(Protocol):
+    """A tokenizer in this process, used when the server offers none."""
+
+    def count(self, text: str) -> int: ...
+
+
+def render_chatml(messages: Sequence[ChatMessage], default_system: str | None = None) -> str:
+    """The ChatML prompt for ``messages`` plus the assistant header the model continues from.
+
+    ``default_system`` mirrors templates that insert a system message when the conversation has none
+    (SmolLM2's does); the text is only used to count tokens, never sent.
+    """
+    parts: list[str] = []
+    if default_system is not None and (not messages or messages[0]["role"] != "system"):
+        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+    parts.extend(f"<|im_start|>{message['role']}\n{message['content']}<|im_end|>\n" for message in messages)
+    parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+class GGUFTokenizer:
+    """The tokenizer of a GGUF model, loaded vocab-only through llama.cpp (no weights, ~0.2 s).
+
+    Exact for the model the file belongs to; for any other model an approximation (the counts of a
+    different BPE vocabulary). Needs ``llama-cpp-python``; loads on first use.
+    """
+
+    def __init__(self, model_path: str) -> None:
+        self.model_path = model_path
+        self._llama: Any = None
+
+    def count(self, text: str) -> int:
+        if self._llama is None:
+            try:
+                from llama_cpp import Llama
+            except ImportError as exc:
+                raise TokenCountUnavailable(
+                    "GGUFTokenizer needs llama-cpp-python (`pip install 'llama-cpp-python[server]'`)"
+                ) from exc
+            self._llama = Llama(model_path=self.model_path, vocab_only=True, verbose=False)
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+# -- retry policy ---------------------------------------------------------------------------------
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
+    """How long the server asked us to wait, from its response headers, or ``None`` if it did not say.
+
+    Understands OpenAI's ``retry-after-ms`` (milliseconds) and the standard ``Retry-After`` in both
+    forms: delta-seconds (``"2"``, also fractional) and an HTTP date (relative to ``now``, a Unix
+    time, default the current time). Negative or unparsable values count as "not said"; a date in the
+    past means "now" (0).
+    """
+    if not headers:
+        return None
+    lowered = {key.lower(): value for key, value in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            value = float(raw_ms) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        pass
+    else:
+        return value if math.isfinite(value) and value >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate gives naive for "-0000"
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _retry_after_of(exc: BaseException | None) -> float | None:
+    if isinstance(exc, openai.APIStatusError):
+        return retry_after_seconds(exc.response.headers)
+    return None
+
+
+class wait_retry_after(wait_base):  # named like tenacity's own wait strategies
+    """Wait what the server's ``Retry-After`` says (at most ``cap`` seconds), else ``fallback``."""
+
+    def __init__(self, fallback: wait_base, cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        hinted = _retry_after_of(outcome.exception() if outcome is not None else None)
+        if hinted is not None:
+            return min(hinted, self.cap)
+        return float(self.fallback(retry_state))
+
+
+class _StreamStalled(Exception):
+    """No chunk arrived within the timeout (keep-alive pings reset an HTTP read timeout, not this)."""
+
+
+class _StreamEndedEarly(Exception):
+    """The stream ended before any text and without a finish_reason (e.g. the server interrupted it)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether another attempt may succeed: connection errors, timeouts, 408/409/429, 5xx."""
+    if isinstance(exc, openai.APIConnectionError | _StreamStalled | _StreamEndedEarly):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in TRANSIENT_STATUS_CODES or exc.status_code >= 500
+    return False
+
+
+def _rejects_stream_options(exc: BaseException) -> bool:
+    if not isinstance(exc, openai.BadRequestError):
+        return False
+    return "stream_options" in f"{exc.message} {exc.body}".lower()
+
+
+# -- the client -----------------------------------------------------------------------------------
+
+
+class ChatClient:
+    """Streamed chat completions with timeouts, retries, a circuit breaker and token accounting.
+
+    ``timeout`` bounds every wait for data: the HTTP read of a response and the gap between two
+    chunks of a stream (llama.cpp's server sends keep-alive pings that would reset a pure read
+    timeout). ``connect_timeout`` bounds opening the connection. There is no limit on the total
+    length of a stream: a long answer is not a failure.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        max_retries: int = 3,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 30.0,
+        breaker: CircuitBreaker | None = None,
+        prompt_renderer: PromptRenderer = render_chatml,
+        local_tokenizer: LocalTokenizer | None = None,
+        server_tokenizer: bool | None = None,
+        health_timeout: float = 5.0,
+    ) -> None:
+        """``max_retries`` retries follow the first attempt (``max_retries=3``: at most 4 attempts).
+
+        ``server_tokenizer``: ``None`` tries the llama-cpp-python tokenize endpoint once and
+        remembers whether it exists; ``True``/``False`` skip the guess. ``api_key`` may be any
+        non-empty string for servers without authentication.
+        """
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_retries = max_retries
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.health_timeout = health_timeout
+        self.breaker = breaker or CircuitBreaker(f"llm {self.base_url}")
+        self.prompt_renderer = prompt_renderer
+        self.local_tokenizer = local_tokenizer
+        self._server_tokenizer = server_tokenizer
+        self._send_stream_options = True
+        self._usage_missing_logged = False
+        self._client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "no-key",
+            timeout=openai.Timeout(timeout, connect=connect_timeout),
+            max_retries=0,  # our tenacity policy below, not the SDK's hidden one
+        )
+
+    @property
+    def tokenizer_url(self) -> str:
+        """llama-cpp-python's token-count endpoint: at the server root, not under ``/v1``."""
+        root = self.base_url.removesuffix("/v1")
+        return f"{root}/extras/tokenize/count"
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    async def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[ChatEvent]:
+        """Yield :class:`ChatDelta` items as text arrives, then one :class:`ChatResult`.
+
+        Raises ``CircuitOpenError`` at once while the breaker is open; :class:`LLMUnavailable` when
+        every attempt failed before the first token; :class:`LLMRequestError` when the server
+        rejected the request; :class:`LLMStreamError` when the stream broke after text had flowed.
+        ``max_tokens`` is sent as ``max_tokens`` (what llama.cpp and most compatible servers know).
+        Without it llama.cpp generates until the context is full.
+
+        A caller that may stop reading early should wrap the call in ``contextlib.aclosing`` so the
+        HTTP stream is closed (and the breaker released) at once rather than when the generator is
+        garbage-collected. The token counting for the result happens after ``latency_ms`` is taken.
+        """
+        if not messages:
+            raise ValueError("stream_chat needs at least one message")
+        started = time.perf_counter()
+        request: dict[str, Any] = {"model": model or self.model, "messages": list(messages), "stream": True}
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        if temperature is not None:
+            request["temperature"] = temperature
+
+        stream: AsyncStream[ChatCompletionChunk] | None = None
+        outcome: BaseException | None = None
+        text_parts: list[str] = []
+        self.breaker.before_call()
+        try:
+            stream, first_chunks, attempts = await self._open_with_retries(request)
+            finish_reason: str | None = None
+            usage: CompletionUsage | None = None
+            served_model = request["model"]
+            ttft_ms: float | None = None
+            pending = list(first_chunks)
+            while True:
+                try:
+                    chunk = pending.pop(0) if pending else await self._next_chunk(stream)
+                except Exception as exc:
+                    if finish_reason is not None:
+                        # The answer was complete; only the trailing usage chunk / [DONE] got lost.
+                        logger.warning("LLM stream from %s broke after its finish_reason: %s", self.base_url, exc)
+                        break
+                    raise self._broken(exc, text_parts) from exc
+                if chunk is None:
+                    break
+                if chunk.model:
+                    served_model = chunk.model
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    piece = choice.delta.content if choice.delta is not None else None
+                    if piece:
+                        if ttft_ms is None:
+                            ttft_ms = (time.perf_counter() - started) * 1000.0
+                        text_parts.append(piece)
+                        yield ChatDelta(text=piece, seq=len(text_parts) - 1)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+            if finish_reason is None:
+                raise LLMStreamError(
+                    f"LLM stream from {self.base_url} ended without a finish_reason after "
+                    f"{len(text_parts)} deltas: the answer is incomplete",
+                    partial_text="".join(text_parts),
+                )
+            latency_ms = (time.perf_counter() - started) * 1000.0
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            if stream is not None:
+                try:
+                    await stream.close()
+                except Exception as exc:  # the connection may already be gone; the outcome stands
+                    logger.debug("closing the LLM stream from %s failed: %s", self.base_url, exc)
+            self._record(outcome)
+
+        text = "".join(text_parts)
+        yield ChatResult(
+            text=text,
+            finish_reason=finish_reason,
+            usage=await self._usage(usage, messages, text),
+            model=served_model,
+            ttft_ms=ttft_ms,
+            latency_ms=latency_ms,
+            attempts=attempts,
+        )
+
+    async def complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> ChatResult:
+        """Run :meth:`stream_chat` to its end and return the result (tools, tests, probes)."""
+        async for event in self.stream_chat(messages, model=model, max_tokens=max_tokens, temperature=temperature):
+            if isinstance(event, ChatResult):
+                return event
+        raise AssertionError("stream_chat ended without a result")  # pragma: no cover
+
+    def _record(self, outcome: BaseException | None) -> None:
+        """Tell the breaker what the call showed about the server."""
+        if outcome is None or isinstance(outcome, LLMRequestError):
+            self.breaker.record_success()  # a rejected request still proves the server answers
+        elif isinstance(outcome, Exception):
+            self.breaker.record_failure(outcome)
+        else:
+            self.breaker.release()  # cancelled, or the caller stopped reading: no verdict
+
+    def _broken(self, exc: BaseException, text_parts: list[str]) -> LLMStreamError:
+        return LLMStreamError(
+            f"LLM stream from {self.base_url} broke after {len(text_parts)} deltas "
+            f"({sum(map(len, text_parts))} chars); the answer is incomplete: {type(exc).__name__}: {exc}",
+            partial_text="".join(text_parts),
+        )
+
+    async def _next_chunk(self, stream: AsyncStream[ChatCompletionChunk]) -> ChatCompletionChunk | None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await stream.__anext__()
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as exc:
+            raise _StreamStalled(f"no data from the LLM stream for {self.timeout:.0f} s") from exc
+
+    async def _open_with_retries(
+        self, request: dict[str, Any]
+    ) -> tuple[AsyncStream[ChatCompletionChunk], list[ChatCompletionChunk], int]:
+        """Open the stream and read up to the first text, retrying transient failures.
+
+        Returns the stream, the chunks read so far (the last one carries the first text, or the
+        stream is finished) and the number of attempts made.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=wait_retry_after(
+                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
+                                        jitter=self.backoff_initial),
+                cap=self.max_retry_after,
+            ),
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    stream, first = await self._open_once(request)
+                    return stream, first, attempts
+        except openai.APIStatusError as exc:
+            if is_transient(exc):
+                raise self._unavailable(exc, attempts) from exc
+            raise LLMRequestError(
+                f"LLM at {self.base_url} rejected the request with HTTP {exc.status_code}: {exc.message}",
+                status_code=exc.status_code,
+            ) from exc
+        except (openai.OpenAIError, _StreamStalled, _StreamEndedEarly) as exc:
+            raise self._unavailable(exc, attempts) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, exc: BaseException, attempts: int) -> LLMUnavailable:
+        return LLMUnavailable(
+            f"LLM at {self.base_url} unavailable after {attempts} attempt{'s' if attempts != 1 else ''}: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+    async def _open_once(
+        self, request: dict[str, Any]
+    ) -> tuple[AsyncStream[ChatCompletionChunk], list[ChatCompletionChunk]]:
+        if self._send_stream_options:
+            try:
+                return await self._open_and_read_to_first_text(
+                    {**request, "stream_options": {"include_usage": True}}
+                )
+            except openai.BadRequestError as exc:
+                if not _rejects_stream_options(exc):
+                    raise
+                logger.info("LLM at %s rejects stream_options; not sending it again", self.base_url)
+                self._send_stream_options = False
+        return await self._open_and_read_to_first_text(request)
+
+    async def _open_and_read_to_first_text(
+        self, request: dict[str, Any]
+    ) -> tuple[AsyncStream[ChatCompletionChunk], list[ChatCompletionChunk]]:
+        stream = cast(
+            AsyncStream[ChatCompletionChunk],
+            await self._client.chat.completions.create(**request),
+        )
+        first: list[ChatCompletionChunk] = []
+        try:
+            while True:
+                chunk = await self._next_chunk(stream)
+                if chunk is None:
+                    if not any(choice.finish_reason for c in first for choice in c.choices):
+                        raise _StreamEndedEarly(
+                            "the stream ended before any text and without a finish_reason (llama.cpp's server "
+                            "does this when the prompt does not fit its context window)"
+                        )
+                    return stream, first
+                first.append(chunk)
+                if any(choice.delta is not None and choice.delta.content for choice in chunk.choices):
+                    return stream, first
+        except BaseException:
+            await stream.close()
+            raise
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+        logger.warning(
+            "LLM call to %s failed (attempt %d of %d): %s: %s; retrying in %.2f s",
+            self.base_url, retry_state.attempt_number, self.max_retries + 1, type(exc).__name__, exc, wait,
+        )
+
+    # -- token accounting -------------------------------------------------------------------------
+
+    async def _usage(
+        self, reported: CompletionUsage | None, messages: Sequence[ChatMessage], text: str
+    ) -> TokenUsage | None:
+        if reported is not None:
+            details = reported.prompt_tokens_details
+            return TokenUsage(
+                input_tokens=reported.prompt_tokens,
+                output_tokens=reported.completion_tokens,
+                cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
+                counted_by="provider",
+            )
+        if not self._usage_missing_logged:
+            self._usage_missing_logged = True
+            logger.info("LLM at %s sends no usage in streams; counting tokens with a tokenizer", self.base_url)
+        try:
+            return await self.count_usage(messages, text)
+        except TokenCountUnavailable as exc:
+            logger.warning("token usage of a completion from %s is unknown: %s", self.base_url, exc)
+            return None
+
+    async def count_usage(self, messages: Sequence[ChatMessage], completion: str) -> TokenUsage:
+        """Count prompt and completion tokens with a tokenizer (see the module docstring)."""
+        prompt_tokens, completion_tokens = await asyncio.gather(
+            self.count_tokens(self.prompt_renderer(messages)),
+            self.count_tokens(completion) if completion else _zero(),
+        )
+        return TokenUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens, counted_by="tokenizer")
+
+    async def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``: the server's tokenizer if it has one, else the local tokenizer.
+
+        Special tokens written in the text (``<|im_start|>``) count as one token each, as in a prompt.
+        Raises :class:`TokenCountUnavailable` when neither tokenizer is available.
+        """
+        if self._server_tokenizer is not False:
+            try:
+                data = await self._client.post(
+                    self.tokenizer_url, cast_to=object, body={"input": text, "model": self.model}
+                )
+            except openai.APIStatusError as exc:
+                if exc.status_code not in (404, 405):
+                    if self.local_tokenizer is None:
+                        raise TokenCountUnavailable(f"tokenize endpoint {self.tokenizer_url} failed: {exc}") from exc
+                else:
+                    logger.info("LLM at %s has no tokenize endpoint (HTTP %d)", self.base_url, exc.status_code)
+                    self._server_tokenizer = False
+            except openai.OpenAIError as exc:
+                if self.local_tokenizer is None:
+                    raise TokenCountUnavailable(f"tokenize endpoint {self.tokenizer_url} failed: {exc}") from exc
+            else:
+                count = data.get("count") if isinstance(data, dict) else None
+                if isinstance(count, int) and count >= 0:
+                    self._server_tokenizer = True
+                    return count
+                logger.info("LLM at %s answered the tokenize request with something else", self.base_url)
+                self._server_tokenizer = False
+        if self.local_tokenizer is None:
+            raise TokenCountUnavailable(
+                f"no tokenizer for {self.base_url}: the server has no tokenize endpoint and no local "
+                "tokenizer was configured"
+            )
+        return await asyncio.to_thread(self.local_tokenizer.count, text)
+
+    # -- health and lifecycle ---------------------------------------------------------------------
+
+    async def health(self) -> bool:
+        """True when the server answers ``GET /models`` within ``health_timeout``; never raises.
+
+        It neither goes through nor changes the circuit breaker, so it reports the server, not the
+        breaker. On llama-cpp-python this endpoint waits for the model lock: a server busy with a
+        long generation can look unhealthy for the duration.
+        """
+        try:
+            await self._client.models.list(timeout=self.health_timeout)
+        except openai.OpenAIError as exc:
+            logger.debug("LLM health check of %s failed: %s", self.base_url, exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _zero() -> int:
+    return 0

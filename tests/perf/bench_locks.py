@@ -1,0 +1,728 @@
+"""Lock commands per second, end to end: our batch-engine lock agent against a naive Faust agent.
+
+Both contestants get the same seeded workload (N lock commands over T tenants: enables by admins,
+status queries, extends, disables, conflicting enables by another admin, attempts by non-admins), each
+on a fresh embedded broker with its own Redis-free or Redis-mirrored worker process:
+
+- ours:  ``soma worker`` (the real agent of ``agents/locks.py`` on the batch engine), reading
+  ``soma.training.lock.commands`` and writing ``soma.training.lock.state``; it also mirrors every
+  change to Redis, which the naive agent does not, so the comparison is conservative for us.
+- naive: ``tests/perf/naive_locks_app.py``, a plain Faust agent with Faust tables and one
+  ``await topic.send`` per event, applying the same rules (``agents.locks.decide``).
+
+The input topic is filled completely before the worker starts, so the producer is not measured. The
+rate is N / (last − first output record timestamp); the record timestamps are the CreateTime the
+worker's producer set. Startup (worker start to first output) is reported separately. Every answer is
+checked against a reference run of the rules in this process.
+
+Run from the repository root::
+
+    .venv/bin/python -m tests.perf.bench_locks [--events 40000] [--tenants 2000] [--only ours|naive]
+
+Exit status: 0 when the run completed and both implementations were correct (whether or not the
+5× target was met), 1 on wrong results, 2 on errors and timeouts, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from agents.locks import LockPolicy, LockRecord, decide, rejected_key
+from connectors.broker import free_port
+from faust_app import settings as soma_settings
+from schemas import LockCommand, LockState, decode_event, encode_event
+from streams.catalog import LOCK_COMMANDS, LOCK_STATE, all_topics, ensure_topics
+from tests.support.stack import (
+    REPO_ROOT,
+    Consumed,
+    TopicReader,
+    WorkerProcess,
+    produce_raw,
+    start_broker,
+    start_redis_server,
+)
+
+PARTITIONS = 4
+TARGET_RATIO = 5.0
+NAIVE_INPUT = "naive.lock.commands"
+NAIVE_OUTPUT = "naive.lock.state"
+
+ADMINS = [("alice", ["admin"]), ("bob", ["admin", "ml"]), ("dana", ["admin"])]
+NON_ADMINS = [("carol", ["viewer"]), ("erin", ["ml-engineer"])]
+#: Long TTLs (at most a day; the maximum is 7 days): no lock expires during a run, so every command
+#: yields exactly one state event in both implementations.
+ENABLE_TTLS = [None, 3600, 7200, 86_400]
+EXTEND_TTLS = [None, 3600, 86_400]
+
+
+class BenchError(Exception):
+    """The benchmark could not complete (a process died, a timeout, a broker problem)."""
+
+
+# -- workload -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    commands: list[LockCommand]  # in produce order
+    messages: list[tuple[bytes, bytes]]  # (key, Avro value), in produce order
+    tenants: list[str]
+
+    @property
+    def by_tenant(self) -> dict[str, list[LockCommand]]:
+        grouped: dict[str, list[LockCommand]] = defaultdict(list)
+        for command in self.commands:
+            grouped[command.tenant].append(command)
+        return grouped
+
+
+def generate_workload(events: int, tenants: int, seed: int) -> Workload:
+    """A deterministic, realistic mix of lock commands, interleaved across tenants."""
+    rng = random.Random(seed)
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    names = [f"bench-t{i:05d}" for i in range(tenants)]
+    counts = [events // tenants + (1 if i < events % tenants else 0) for i in range(tenants)]
+    sequences: list[list[dict[str, Any]]] = []
+    for name, count in zip(names, counts, strict=True):
+        sequences.append(_tenant_sequence(rng, name, count))
+
+    commands: list[LockCommand] = []
+    for step in range(max(counts, default=0)):
+        for sequence in sequences:
+            if step < len(sequence):
+                fields = sequence[step]
+                commands.append(LockCommand(
+                    event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    occurred_at=base + timedelta(milliseconds=len(commands)),
+                    **fields,
+                ))
+    messages = [(command.tenant.encode(), encode_event(command)) for command in commands]
+    return Workload(commands, messages, names)
+
+
+def _tenant_sequence(rng: random.Random, tenant: str, count: int) -> list[dict[str, Any]]:
+    """One tenant's commands; tracks the holder the way the rules do, to pick plausible next steps."""
+    holder: str | None = None
+    sequence: list[dict[str, Any]] = []
+    for index in range(count):
+        admin, admin_roles = rng.choice(ADMINS)
+        outsider, outsider_roles = rng.choice(NON_ADMINS)
+        if index == 0:
+            step = "enable"
+        elif holder is not None:
+            step = rng.choices(
+                ["status", "extend", "conflict", "again", "outsider-enable", "outsider-disable",
+                 "disable", "admin-disable"],
+                weights=[25, 15, 12, 3, 7, 5, 23, 10],
+            )[0]
+        else:
+            step = rng.choices(
+                ["enable", "status", "outsider-enable", "extend-nothing", "disable-nothing"],
+                weights=[50, 25, 13, 7, 5],
+            )[0]
+        holder_roles = dict(ADMINS).get(holder or "", ["admin"])
+        if step == "enable":
+            command = _command(tenant, "enable", admin, admin_roles, rng.choice(ENABLE_TTLS),
+                               f"fine-tune run {rng.randrange(1000)}")
+            holder = admin
+        elif step == "status":
+            who, roles = rng.choice(ADMINS + NON_ADMINS)
+            command = _command(tenant, "status", who, roles)
+        elif step == "extend":
+            command = _command(tenant, "extend", holder or admin, holder_roles, rng.choice(EXTEND_TTLS))
+        elif step == "conflict":
+            other = [a for a in ADMINS if a[0] != holder]
+            who, roles = rng.choice(other)
+            command = _command(tenant, "enable", who, roles, rng.choice(ENABLE_TTLS), "my own run")
+        elif step == "again":
+            command = _command(tenant, "enable", holder or admin, holder_roles, None, "again")
+        elif step == "outsider-enable":
+            command = _command(tenant, "enable", outsider, outsider_roles, 3600, "let me in")
+        elif step == "outsider-disable":
+            command = _command(tenant, "disable", outsider, outsider_roles)
+        elif step == "disable":
+            command = _command(tenant, "disable", holder or admin, holder_roles, reason="run finished")
+            holder = None
+        elif step == "admin-disable":
+            command = _command(tenant, "disable", admin, admin_roles, reason="maintenance")
+            holder = None
+        elif step == "extend-nothing":
+            command = _command(tenant, "extend", admin, admin_roles, 3600)
+        else:  # disable-nothing
+            command = _command(tenant, "disable", admin, admin_roles)
+        sequence.append(command)
+    return sequence
+
+
+def _command(tenant: str, action: str, user: str, roles: list[str], ttl: int | None = None,
+             reason: str = "") -> dict[str, Any]:
+    return {"tenant": tenant, "action": action, "user": user, "roles": list(roles), "ttl_seconds": ttl,
+            "reason": reason}
+
+
+# -- the reference: the same rules, run here ----------------------------------------------------------
+
+FinalState = tuple[str, str | None, int]  # status, holder, fencing_token
+
+
+@dataclass
+class Expected:
+    final: dict[str, FinalState]  # the last event keyed by the tenant
+    statuses: Counter[str]
+
+
+def reference(workload: Workload) -> Expected:
+    policy = LockPolicy(
+        admin_roles=frozenset(soma_settings.admin_roles),
+        admin_users=frozenset(soma_settings.admin_users),
+        default_ttl_seconds=soma_settings.lock_default_ttl_seconds,
+        max_ttl_seconds=soma_settings.lock_max_ttl_seconds,
+    )
+    now = int(time.time() * 1000)
+    final: dict[str, FinalState] = {}
+    statuses: Counter[str] = Counter()
+    for tenant, commands in workload.by_tenant.items():
+        current = LockRecord()
+        for command in commands:
+            outcome = decide(current, command, now, policy)
+            if outcome.record is not None:
+                current = outcome.record
+            statuses[outcome.status] += 1
+            if outcome.status != "rejected":
+                final[tenant] = (outcome.status, outcome.shown.holder, outcome.shown.fencing_token)
+    return Expected(final, statuses)
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+
+class NaiveWorker:
+    """``faust worker`` on ``tests.perf.naive_locks_app`` in its own process."""
+
+    def __init__(self, bootstrap: str, workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.app_id = f"naive-locks-{uuid.uuid4().hex[:8]}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self) -> NaiveWorker:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "naive-worker.log"
+        env = {
+            **os.environ,
+            "NAIVE_BOOTSTRAP": self.bootstrap,
+            "NAIVE_APP_ID": self.app_id,
+            "NAIVE_INPUT_TOPIC": NAIVE_INPUT,
+            "NAIVE_OUTPUT_TOPIC": NAIVE_OUTPUT,
+            "NAIVE_DATA_DIR": str(self.workdir / "data"),
+            "NAIVE_PARTITIONS": str(PARTITIONS),
+            # faust_app (imported for the rules) reads these; keep it away from anything real.
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "SOMA_DATA_DIR": str(self.workdir / "soma-data"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", "tests.perf.naive_locks_app", "worker", "-l", "warn"],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def tail_log(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        _terminate(self.process)
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None when unknown."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Profiler:
+    """py-spy on a worker while it processes (idle frames included), stopped with SIGINT."""
+
+    def __init__(self, pid: int, output: Path) -> None:
+        self.pid = pid
+        self.output = output
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.process = subprocess.Popen(
+            [binary, "record", "-p", str(self.pid), "--idle", "--nonblocking", "-r", "100", "-f", "raw",
+             "-o", str(self.output)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Self time (leaf frames) and our functions' inclusive time on the main thread of a py-spy raw profile.
+
+    The main thread runs the event loop the agent lives on; other threads (Faust's consumer thread of
+    the ``soma`` app, which idles in ``select``) are counted but not broken down.
+    """
+    if not path.exists():
+        return f"  (no profile written at {path})"
+    leaves: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    main = other = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_name(frame) for frame in stack.split(";")]
+        if frames[0].startswith("Thread._bootstrap"):
+            other += count
+            continue
+        main += count
+        leaves[frames[-1]] += count
+        for frame in set(frames):
+            if any(part in frame for part in ("(agents/", "(streams/", "(schemas/", "(connectors/")):
+                inclusive[frame] += count
+    if not main:
+        return "  (no samples of the main thread)"
+    idle = sum(n for frame, n in leaves.items() if frame.startswith(("EpollSelector.select", "select ")))
+    lines = [f"  main thread: {main} samples, {100 * idle / main:.0f}% idle in select "
+             f"(other threads: {other} samples, not shown); top leaf frames (self time):"]
+    lines += [f"    {100 * n / main:5.1f}%  {frame}" for frame, n in leaves.most_common(top)]
+    lines.append("  our functions (inclusive time):")
+    lines += [f"    {100 * n / main:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    """``func (file.py:123)`` -> ``func (file.py)``: aggregate by function, not by line."""
+    name, _, location = frame.partition(" (")
+    return f"{name} ({location.rsplit(':', 1)[0].rstrip(')')})" if location else name
+
+
+# -- one contestant -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    startup: float
+    outputs: list[Consumed]
+    cpu: dict[str, float | None] = field(default_factory=dict)
+    profile: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def middle_rate(self) -> float:
+        """Events/s between the 5th and the 95th percentile output timestamps (no start or end effects)."""
+        stamps = sorted(record.timestamp for record in self.outputs)
+        low, high = len(stamps) * 5 // 100, len(stamps) * 95 // 100 - 1
+        window = (stamps[high] - stamps[low]) / 1000 if high > low else 0.0
+        return (high - low) / window if window > 0 else float("inf")
+
+
+async def create_topics(bootstrap: str, topics: list[NewTopic]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await ensure_topics(admin, topics)
+    finally:
+        await admin.close()
+
+
+async def preload(bootstrap: str, topic: str, workload: Workload) -> None:
+    """Write the whole workload to the input topic and check it is all there.
+
+    Counted by reading it back: the embedded broker's ListOffsets answers the base offset of the last
+    record batch + 1, not the high watermark, so ``end_offsets`` undercounts there.
+    """
+    await produce_raw(bootstrap, topic, workload.messages)
+    reader = await TopicReader(bootstrap, topic).start()
+    try:
+        assert reader.consumer is not None
+        partitions = len(reader.consumer.assignment())
+        deadline = time.monotonic() + 60
+        while len(reader.seen) < len(workload.messages) and time.monotonic() < deadline:
+            await reader.poll(timeout_ms=500)
+    finally:
+        await reader.stop()
+    if partitions != PARTITIONS:
+        raise BenchError(f"{topic} has {partitions} partitions, expected {PARTITIONS}")
+    if len(reader.seen) != len(workload.messages):
+        raise BenchError(f"{topic} holds {len(reader.seen)} records after producing {len(workload.messages)}")
+
+
+async def measure(
+    bootstrap: str, topic: str, expected: int, process: subprocess.Popen[bytes],
+    timeout: float, stall_timeout: float, tail_log: Callable[[], str], broker_pid: int | None,
+    profiler: Profiler | None,
+) -> tuple[list[Consumed], dict[str, float | None]]:
+    """Wait for ``expected`` records on the output topic, then read them all."""
+    reader = await TopicReader(bootstrap, topic).start()
+    try:
+        assert reader.consumer is not None
+        last_progress, last_total, last_report = time.monotonic(), 0, time.monotonic()
+        deadline = time.monotonic() + timeout
+        samples: list[tuple[float, float | None, float | None]] = []
+        while True:
+            if process.poll() is not None:
+                raise BenchError(f"worker exited with {process.returncode} before finishing:\n{tail_log()}")
+            # Reading as we go (not end_offsets, which the embedded broker gets wrong) costs this
+            # process a little CPU; a 200 ms poll keeps the fetches few and large.
+            await reader.poll(timeout_ms=200)
+            total = len(reader.seen)
+            samples.append((time.time(), _cpu_seconds(process.pid), _cpu_seconds(broker_pid)))
+            now = time.monotonic()
+            if total and not last_total and profiler is not None:
+                profiler.start()
+            if total != last_total:
+                last_total, last_progress = total, now
+            if total >= expected:
+                break
+            if now > deadline:
+                raise BenchError(f"timeout: {total} of {expected} outputs after {timeout:.0f} s:\n{tail_log()}")
+            if total and now - last_progress > stall_timeout:
+                raise BenchError(f"stalled: {total} of {expected} outputs, none for {stall_timeout:.0f} s:\n"
+                                 f"{tail_log()}")
+            if now - last_report >= 5:
+                print(f"    ... {total}/{expected} outputs", flush=True)
+                last_report = now
+            await asyncio.sleep(0.2)
+        if profiler is not None:
+            profiler.stop()
+        # Anything beyond the expected count (there should be nothing) shows up in the check.
+        await asyncio.sleep(1.0)
+        await reader.poll(timeout_ms=500)
+    finally:
+        await reader.stop()
+    outputs = reader.seen
+    first = min(record.timestamp for record in outputs) / 1000
+    last = max(record.timestamp for record in outputs) / 1000
+    cpu = {
+        "worker": _cpu_share(samples, first, last, 1),
+        "broker": _cpu_share(samples, first, last, 2),
+    }
+    return outputs, cpu
+
+
+def _cpu_share(samples: list[tuple[float, float | None, float | None]], start: float, end: float,
+               index: int) -> float | None:
+    """CPU used by a process between two wall-clock times, as a share of one core."""
+    inside = [s for s in samples if s[index] is not None and start - 0.2 <= s[0] <= end + 0.2]
+    if len(inside) < 2:
+        return None
+    first, last = inside[0], inside[-1]
+    used = float(last[index] or 0) - float(first[index] or 0)
+    return used / (last[0] - first[0]) if last[0] > first[0] else None
+
+
+def run_contestant(name: str, workload: Workload, args: argparse.Namespace, workdir: Path) -> Result:
+    events = len(workload.commands)
+    contestant_dir = workdir / name
+    contestant_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        broker = start_broker(contestant_dir)
+        stack.callback(broker.stop)
+        bootstrap = broker.bootstrap_servers
+        broker_process = getattr(broker, "_process", None)
+        broker_pid = broker_process.pid if broker_process is not None else None
+
+        if name == "ours":
+            in_topic, out_topic = LOCK_COMMANDS.name, LOCK_STATE.name
+            topics = all_topics(PARTITIONS, 1)
+        else:
+            in_topic, out_topic = NAIVE_INPUT, NAIVE_OUTPUT
+            topics = [NewTopic(in_topic, PARTITIONS, 1), NewTopic(out_topic, PARTITIONS, 1)]
+        asyncio.run(create_topics(bootstrap, topics))
+        print(f"  [{name}] broker {bootstrap}; producing {events} commands to {in_topic} ...", flush=True)
+        asyncio.run(preload(bootstrap, in_topic, workload))
+
+        worker: WorkerProcess | NaiveWorker
+        if name == "ours":
+            redis_url = args.redis_url
+            if redis_url is None:
+                redis_process = start_redis_server(free_port(), contestant_dir)
+                stack.callback(_terminate, redis_process)
+                redis_url = f"redis://127.0.0.1:{_redis_port(redis_process)}/0"
+            worker = WorkerProcess(
+                bootstrap, redis_url, contestant_dir, app_id=f"bench-locks-{uuid.uuid4().hex[:8]}",
+                extra_env={"SOMA_PARTITIONS": str(PARTITIONS)},
+            )
+        else:
+            worker = NaiveWorker(bootstrap, contestant_dir)
+        started_at = time.time()
+        worker.start()
+        stack.callback(worker.stop)
+        assert worker.process is not None
+        print(f"  [{name}] worker pid {worker.process.pid} started; waiting for {events} outputs on "
+              f"{out_topic} ...", flush=True)
+        profiler = None
+        if args.profile:
+            profiler = Profiler(worker.process.pid, contestant_dir / "profile.txt")
+            stack.callback(profiler.stop)
+        outputs, cpu = asyncio.run(measure(
+            bootstrap, out_topic, events, worker.process, args.timeout, args.stall_timeout,
+            worker.tail_log, broker_pid, profiler,
+        ))
+    first = min(record.timestamp for record in outputs)
+    last = max(record.timestamp for record in outputs)
+    result = Result(name, events, (last - first) / 1000, first / 1000 - started_at, outputs, cpu)
+    if profiler is not None:
+        result.profile = summarize_profile(profiler.output)
+    return result
+
+
+def _redis_port(process: subprocess.Popen[bytes]) -> int:
+    args = process.args
+    assert isinstance(args, list)
+    return int(args[args.index("--port") + 1])
+
+
+# -- correctness --------------------------------------------------------------------------------------
+
+
+def check(result: Result, workload: Workload, expected: Expected) -> tuple[list[str], dict[str, FinalState]]:
+    """Problems found in one contestant's answers, and its final state per tenant."""
+    problems: list[str] = []
+    events = len(workload.commands)
+    if len(result.outputs) != events:
+        problems.append(f"{len(result.outputs)} state events for {events} commands")
+    ordered = sorted(result.outputs, key=lambda record: (record.partition, record.offset))
+    answered: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    final: dict[str, FinalState] = {}
+    undecodable = 0
+    for record in ordered:
+        try:
+            state = decode_event(record.value or b"", LockState)
+        except Exception:
+            undecodable += 1
+            continue
+        statuses[state.status] += 1
+        if state.causation_id:
+            answered[state.causation_id] += 1
+        key = (record.key or b"").decode()
+        expected_key = rejected_key(state.tenant) if state.status == "rejected" else state.tenant
+        if key != expected_key:
+            problems.append(f"event for {state.tenant} ({state.status}) keyed {key!r}, not {expected_key!r}")
+        if key == state.tenant:
+            final[state.tenant] = (state.status, state.holder, state.fencing_token)
+    if undecodable:
+        problems.append(f"{undecodable} output records are not LockState events")
+    ids = {command.event_id for command in workload.commands}
+    missing = ids - set(answered)
+    twice = [event_id for event_id, count in answered.items() if count > 1]
+    if missing:
+        problems.append(f"{len(missing)} commands got no answer")
+    if twice:
+        problems.append(f"{len(twice)} commands were answered more than once")
+    if statuses != expected.statuses:
+        problems.append(f"status counts {dict(statuses)} differ from the rules' {dict(expected.statuses)}")
+    wrong = [tenant for tenant in workload.tenants if final.get(tenant) != expected.final.get(tenant)]
+    if wrong:
+        tenant = wrong[0]
+        problems.append(f"final state of {len(wrong)} tenants differs from the rules, e.g. {tenant}: "
+                        f"{final.get(tenant)} instead of {expected.final.get(tenant)}")
+    return problems[:10], final
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.perf.bench_locks",
+        description="End-to-end lock commands/s of the batch-engine lock agent (`soma worker`) against a "
+                    "naive Faust agent doing the same work, each on a fresh embedded broker.",
+    )
+    parser.add_argument("--events", type=_positive, default=40_000, help="lock commands (default 40000)")
+    parser.add_argument("--tenants", type=_positive, default=2_000, help="tenants (default 2000)")
+    parser.add_argument("--only", choices=["ours", "naive"], help="run one contestant only")
+    parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds a contestant may take from worker start to its last output (default 600)")
+    parser.add_argument("--stall-timeout", type=float, default=60.0,
+                        help="seconds without a new output before giving up (default 60)")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"),
+                        help="Redis for our agent's mirror (default: a private redis-server on a free port)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record each worker with py-spy while it processes (slows it down) and print "
+                             "the hottest frames")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
+    args = parser.parse_args(argv)
+    if args.tenants > args.events:
+        parser.error("--tenants may not exceed --events")
+    return args
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _fmt_cpu(value: float | None) -> str:
+    return "?" if value is None else f"{100 * value:.0f}%"
+
+
+def report(results: dict[str, Result]) -> None:
+    print()
+    print(f"{'implementation':<16}{'events':>9}{'seconds':>10}{'events/s':>11}{'ratio':>8}"
+          f"{'startup s':>11}{'worker CPU':>12}{'broker CPU':>12}")
+    naive = results.get("naive")
+    for name in ("ours", "naive"):
+        result = results.get(name)
+        if result is None:
+            continue
+        ratio = f"{result.rate / naive.rate:.2f}x" if naive is not None else "-"
+        label = "ours (engine)" if name == "ours" else "naive faust"
+        print(f"{label:<16}{result.events:>9}{result.seconds:>10.2f}{result.rate:>11,.0f}{ratio:>8}"
+              f"{result.startup:>11.1f}{_fmt_cpu(result.cpu.get('worker')):>12}"
+              f"{_fmt_cpu(result.cpu.get('broker')):>12}")
+    print()
+    print("events/s = events / (last - first output CreateTime); startup = worker start to first output;")
+    print("CPU = share of one core used during the measured window (the machine has "
+          f"{os.cpu_count()} cores).")
+    for result in results.values():
+        print(f"  {result.name}: {result.middle_rate:,.0f} events/s over the middle 90% of its outputs "
+              "(5th to 95th percentile timestamp: no first-batch or tail effects)")
+    for result in results.values():
+        if result.seconds < 2:
+            print(f"  note: {result.name} finished within {result.seconds:.2f} s; use more --events for a "
+                  "meaningful rate")
+    print("ours also mirrors every change to Redis; the naive agent does not, so the ratio is conservative.")
+    if "ours" in results and naive is not None:
+        ratio = results["ours"].rate / naive.rate
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        print(f"target >= {TARGET_RATIO:.0f}x: {verdict} ({ratio:.2f}x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C also reaches the workers (same process group) and may stop one before this process notices:
+    # interrupt at once, whatever is running, so it reads as an interruption and not as a dead worker.
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-locks-"))
+    failed = True
+    try:
+        started = time.monotonic()
+        workload = generate_workload(args.events, args.tenants, args.seed)
+        expected = reference(workload)
+        print(f"workload: {len(workload.commands)} lock commands over {len(workload.tenants)} tenants "
+              f"(seed {args.seed}; expected answers {dict(expected.statuses)}), "
+              f"generated in {time.monotonic() - started:.1f} s; work dir {workdir}", flush=True)
+        names = [args.only] if args.only else ["ours", "naive"]
+        results: dict[str, Result] = {}
+        for name in names:
+            print(f"running {name} ...", flush=True)
+            results[name] = run_contestant(name, workload, args, workdir)
+            result = results[name]
+            print(f"  [{name}] {result.rate:,.0f} events/s ({result.seconds:.2f} s), startup "
+                  f"{result.startup:.1f} s", flush=True)
+        report(results)
+
+        finals: dict[str, dict[str, FinalState]] = {}
+        all_problems: list[str] = []
+        for name, result in results.items():
+            problems, finals[name] = check(result, workload, expected)
+            all_problems += [f"{name}: {problem}" for problem in problems]
+        checked = len(workload.tenants)
+        if len(finals) == 2:
+            disagree = [t for t in workload.tenants if finals["ours"].get(t) != finals["naive"].get(t)]
+            if disagree:
+                tenant = disagree[0]
+                all_problems.append(f"ours and naive disagree on {len(disagree)} of {checked} tenants, e.g. "
+                                    f"{tenant}: {finals['ours'].get(tenant)} vs {finals['naive'].get(tenant)}")
+        for result in results.values():
+            if result.profile:
+                print(f"\npy-spy profile of {result.name} (while processing; samples include idle threads):")
+                print(result.profile)
+        print()
+        if all_problems:
+            print("correctness: FAILED")
+            for problem in all_problems:
+                print(f"  {problem}")
+            print(f"logs and data kept in {workdir}")
+            return 1
+        who = " and ".join(results)
+        same = "; ours and naive agree" if len(results) == 2 else ""
+        print(f"correctness: ok — {who}: one answer per command, status counts as the rules give, final "
+              f"status/holder/fencing_token of all {checked} tenants as the rules give{same}")
+        failed = False
+        return 0
+    except BenchError as exc:
+        print(f"\nbenchmark failed: {exc}\nlogs kept in {workdir}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; logs kept in {workdir}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"\nbenchmark failed: {type(exc).__name__}: {exc}\nlogs kept in {workdir}", file=sys.stderr)
+        raise
+    finally:
+        if not failed and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
