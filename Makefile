@@ -4,7 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench lint unit integration install clean
+# llama-cpp-python builds llama.cpp from source once (~5 min; pip caches the wheel). Portable x86-64 flags
+# instead of -march=native: these machines advertise AMX/AVX-512 instructions that their hypervisor traps
+# (a native build dies with SIGILL in libggml-cpu on the first completion).
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+endif
+
+.PHONY: dev test bench bench-locks bench-conversation lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +39,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
-## Benchmarks (not part of `make test`): our agent vs a naive Faust agent, side by side.
-bench: $(STAMP)
+## Benchmarks (not part of `make test`), each comparing side by side in one run.
+bench: bench-locks bench-conversation
+
+bench-locks: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
+
+bench-conversation: $(STAMP)
+	$(BIN)/python -m tests.perf.bench_conversation
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

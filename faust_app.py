@@ -126,6 +126,92 @@ class Settings(BaseModel):
         description="JSON or TOML file of model prices (USD per 1M tokens) laid over the shipped price table.",
     )
 
+    # -- conversation turns and the LLM ---------------------------------------------------------------
+    openai_base_url: str | None = Field(
+        None, alias="OPENAI_BASE_URL", pattern=r"^https?://",
+        description="OpenAI-compatible API of the chat model, e.g. https://api.openai.com/v1. Unset: the "
+        "embedded llama.cpp server of the local stack at 127.0.0.1:SOMA_EMBEDDED_MODEL_PORT.",
+    )
+    openai_api_key: str = Field(
+        "no-key", alias="OPENAI_API_KEY", description="API key sent to OPENAI_BASE_URL (any text for servers "
+        "without authentication).",
+    )
+    openai_model: str = Field(
+        "smollm2-135m-instruct", alias="OPENAI_MODEL", min_length=1,
+        description="Chat model used when a turn names none.",
+    )
+    llm_provider: str | None = Field(
+        None, alias="SOMA_LLM_PROVIDER",
+        description="Provider name in usage events. Unset: 'llama.cpp' for the embedded server, else the "
+        "host of OPENAI_BASE_URL.",
+    )
+    embedded_model_port: int = Field(
+        8081, alias="SOMA_EMBEDDED_MODEL_PORT", ge=1, le=65535,
+        description="Port of the embedded llama.cpp model server that `soma dev` starts.",
+    )
+    llm_timeout_seconds: float = Field(
+        30.0, alias="SOMA_LLM_TIMEOUT_SECONDS", gt=0, le=600,
+        description="Longest wait for the LLM's first byte and between two chunks of a stream.",
+    )
+    llm_max_retries: int = Field(
+        2, alias="SOMA_LLM_MAX_RETRIES", ge=0, le=10,
+        description="Retries of an LLM call that failed before its first token (connection errors, 429, 5xx).",
+    )
+    llm_circuit_failures: int = Field(
+        5, alias="SOMA_LLM_CIRCUIT_FAILURES", ge=1, le=1000,
+        description="Consecutive failed LLM calls that open the circuit breaker (calls then fail fast).",
+    )
+    llm_circuit_reset_seconds: float = Field(
+        10.0, alias="SOMA_LLM_CIRCUIT_RESET_SECONDS", gt=0, le=3600,
+        description="How long an open LLM circuit fails fast before one probe call is let through.",
+    )
+    system_prompt: str | None = Field(
+        None, alias="SOMA_SYSTEM_PROMPT",
+        description="System message put first in every prompt. Unset: none (the model's template decides).",
+    )
+    history_max_turns: int = Field(
+        10, alias="SOMA_HISTORY_MAX_TURNS", ge=0, le=1000,
+        description="Most earlier turns of a session (prompt + answer) put into the prompt.",
+    )
+    history_max_tokens: int = Field(
+        1500, alias="SOMA_HISTORY_MAX_TOKENS", ge=0,
+        description="Token budget of the history in a prompt (estimated at 4 characters a token); the oldest "
+        "turns are left out first.",
+    )
+    turn_max_prompt_chars: int = Field(
+        8000, alias="SOMA_TURN_MAX_PROMPT_CHARS", ge=1,
+        description="Longest prompt a turn may carry; longer ones fail and go to the DLQ.",
+    )
+    turn_default_max_tokens: int = Field(
+        256, alias="SOMA_TURN_DEFAULT_MAX_TOKENS", ge=1,
+        description="Answer length limit (tokens) of a turn that sets no max_tokens.",
+    )
+    turn_max_tokens_cap: int = Field(
+        1024, alias="SOMA_TURN_MAX_TOKENS_CAP", ge=1,
+        description="Upper bound of a turn's max_tokens; larger requests are lowered to it.",
+    )
+    turn_timeout_seconds: float = Field(
+        120.0, alias="SOMA_TURN_TIMEOUT_SECONDS", gt=0, le=3600,
+        description="Longest a turn may take from start to its last token; then it fails.",
+    )
+    max_concurrent_turns: int = Field(
+        64, alias="SOMA_MAX_CONCURRENT_TURNS", ge=1, le=10_000,
+        description="Turns a worker answers at once (turns of one session always run one after another).",
+    )
+    chunk_interval_ms: int = Field(
+        50, alias="SOMA_CHUNK_INTERVAL_MS", ge=0, le=10_000,
+        description="Answer deltas arriving within this many ms of the last chunk event are coalesced into one.",
+    )
+    chunk_max_deltas: int = Field(
+        16, alias="SOMA_CHUNK_MAX_DELTAS", ge=1, le=10_000,
+        description="Most deltas coalesced into one chunk event.",
+    )
+    training_mode_policy: Literal["reject", "allow"] = Field(
+        "reject", alias="SOMA_TRAINING_MODE_POLICY",
+        description="Turns of a tenant whose training lock is active: 'reject' (a failed event says why) or "
+        "'allow' (answered, events marked training_mode=true).",
+    )
+
     _split = field_validator("admin_roles", "admin_users", mode="before")(_split_csv)
 
     @field_validator("lock_max_ttl_seconds")
@@ -155,6 +241,15 @@ class Settings(BaseModel):
     @property
     def uses_embedded_broker(self) -> bool:
         return self.kafka_bootstrap_servers is None
+
+    @property
+    def llm_base_url(self) -> str:
+        """Where the chat model is: the configured API, or the embedded llama.cpp server's address."""
+        return self.openai_base_url or f"http://127.0.0.1:{self.embedded_model_port}/v1"
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        return self.openai_base_url is None
 
     def is_admin(self, user: str, roles: list[str]) -> bool:
         return user in self.admin_users or any(role in self.admin_roles for role in roles)
@@ -238,10 +333,17 @@ def command(*options: Any) -> Any:
 
 @command()
 async def dev(self: Any) -> None:
-    """Run the local stack: the embedded broker (when KAFKA_BOOTSTRAP_SERVERS is unset) and a worker."""
+    """Run the local stack: the embedded broker (when KAFKA_BOOTSTRAP_SERVERS is unset), the embedded model
+    server (when OPENAI_BASE_URL is unset) and a worker; Ctrl-C stops them all."""
+    from connectors.exceptions import ConnectorError
     from connectors.local_stack import run_local_stack
 
-    code = run_local_stack(settings.kafka_bootstrap_servers, settings.embedded_broker_port, settings.data_dir)
+    try:
+        code = run_local_stack(settings.kafka_bootstrap_servers, settings.embedded_broker_port, settings.data_dir,
+                               llm_base_url=settings.openai_base_url,
+                               embedded_model_port=settings.embedded_model_port)
+    except ConnectorError as exc:
+        raise click.ClickException(str(exc)) from None
     raise SystemExit(code)
 
 

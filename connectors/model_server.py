@@ -52,6 +52,7 @@ __all__ = [
     "SMOLLM2_GGUF",
     "SMOLLM2_MODEL_ALIAS",
     "EmbeddedModelServer",
+    "prompt_renderer_for_model",
     "resolve_model_path",
 ]
 
@@ -69,6 +70,17 @@ _INSTALL_SERVER = (
 )
 # Read straight from the environment by llama_cpp.server, besides its settings fields.
 _ENV_OVERRIDES = frozenset({"host", "port", "config_file"})
+
+
+def prompt_renderer_for_model(model: str) -> PromptRenderer:
+    """The renderer that counts prompt tokens right for ``model`` as a llama.cpp server templates it.
+
+    The bundled SmolLM2 gets its template's default system message; any other model plain ChatML (an
+    approximation unless its template is ChatML without a default system prompt).
+    """
+    if model == SMOLLM2_MODEL_ALIAS or SMOLLM2_GGUF.startswith(model):
+        return functools.partial(render_chatml, default_system=SMOLLM2_DEFAULT_SYSTEM_PROMPT)
+    return render_chatml
 
 
 def resolve_model_path() -> Path:

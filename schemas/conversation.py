@@ -63,6 +63,7 @@ class TurnEvent(Envelope):
     """One step of an answer: ``started``, ordered ``chunk`` deltas (by ``seq``), then ``completed`` or
     ``failed``."""
 
+    schema_version: int = Field(default=2, ge=1)
     session_id: str = Field(min_length=1)
     turn_id: str = Field(min_length=1)
     type: TurnEventType
@@ -76,3 +77,5 @@ class TurnEvent(Envelope):
     latency_ms: float | None = Field(default=None, ge=0.0)
     sources: list[Source] = Field(default_factory=list)
     error: str | None = None
+    #: Since schema v2: answered while the tenant's training lock was active (policy ``allow``).
+    training_mode: bool = False

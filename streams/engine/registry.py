@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from streams.catalog import TopicSpec
-from streams.engine.runner import AgentSpec, AssignedHook, InvalidHandler
+from streams.engine.runner import AgentSpec, AssignedHook, InvalidHandler, RevokedHook
 from streams.engine.stream import BatchStream
 
 __all__ = ["agent", "registered_agents"]
@@ -28,19 +28,21 @@ def agent(
     on_invalid: InvalidHandler | None = None,
     on_assigned: AssignedHook | None = None,
     tick_seconds: float | Callable[[Any], float] | None = None,
+    on_revoked: RevokedHook | None = None,
 ) -> Callable[[F], F]:
     """Register an async function over a :class:`BatchStream` as an agent on ``topic``.
 
     ``on_invalid`` is called for records that fail decoding or validation (after they are
     dead-lettered) so the agent can answer the requester; ``tick_seconds`` makes the stream yield a
     batch at least that often, empty if nothing arrived, for timers such as lock expiry; it may be a
-    function of the settings.
+    function of the settings. ``on_revoked`` runs when partitions leave this worker, before
+    another worker may take them (an agent with work in flight for them cancels it there).
     """
 
     def register(fn: F) -> F:
         if name in _AGENTS and _AGENTS[name].fn is not fn:
             raise ValueError(f"an agent named {name!r} is already registered")
-        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds)
+        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds, on_revoked)
         return fn
 
     return register

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 InvalidHandler = Callable[[Batch[Any], Record[Any], SchemaError], None]
 AssignedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
+RevokedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
 
 
 @dataclass
@@ -46,6 +47,7 @@ class AgentSpec:
     on_invalid: InvalidHandler | None = None
     on_assigned: AssignedHook | None = None
     tick_seconds: float | Callable[[Settings], float] | None = None
+    on_revoked: RevokedHook | None = None
 
     def changelog_topic(self, app_id: str, table: str) -> str:
         return f"{app_id}.{self.name}.{table}.changelog"
@@ -78,6 +80,12 @@ class AgentRunner:
         self._lock = asyncio.Lock()
         self._in_batch = False
         self._positions: dict[TopicPartition, int] = {}
+        #: Offsets handed to an agent that finishes them after their batch (``Batch.defer``); commits
+        #: stop below the lowest of them, so a crash replays every record whose work was not finished.
+        self._deferred: dict[TopicPartition, set[int]] = {}
+        #: Deferred records reported done since the last batch was finished; released at the next one.
+        self._finished: list[tuple[TopicPartition, int]] = []
+        self._committed: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
         self._stopping = False
         tick = spec.tick_seconds
@@ -138,6 +146,7 @@ class AgentRunner:
         for table in self.tables.values():
             table.close_all()
         self.assigned_partitions = []
+        self._positions, self._committed, self._deferred, self._finished = {}, {}, {}, []
 
     # -- batches -----------------------------------------------------------------------------------
 
@@ -210,6 +219,7 @@ class AgentRunner:
         if not self._in_batch:
             return
         try:
+            finished, self._finished = self._finished, []
             pending_by_table = {name: table.take_pending() for name, table in self.tables.items()}
             for name, pending in pending_by_table.items():
                 topic = self.tables[name].changelog_topic
@@ -221,21 +231,57 @@ class AgentRunner:
                 table = self.tables[name]
                 for partition, changes in pending.items():
                     table.commit(partition, changes, last_offsets.get((table.changelog_topic, partition)))
+            for tp, offset in finished:
+                held = self._deferred.get(tp)
+                if held is not None:
+                    held.discard(offset)
             await self._commit()
         finally:
             self._in_batch = False
             self._lock.release()
 
+    async def publish(
+        self, topic: str, key: str | bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[Any]:
+        """Hand one message to the shared producer now (partitioned by key like the outbox)."""
+        raw_key = key.encode() if isinstance(key, str) else key
+        future: asyncio.Future[Any] = await self.producer.send(topic, value, key=raw_key, headers=headers or [])
+        return future
+
+    def defer(self, record: Record[Any]) -> Callable[[], None]:
+        """Hold the commit of ``record``'s offset until the returned callback is called."""
+        tp = TopicPartition(record.topic, record.partition)
+        self._deferred.setdefault(tp, set()).add(record.offset)
+
+        def done() -> None:
+            # Released only by the next finish_batch, after it has flushed what the work wrote before
+            # calling this: a flush already in flight may not carry those writes.
+            self._finished.append((tp, record.offset))
+
+        return done
+
+    @property
+    def deferred_count(self) -> int:
+        """Records handed out with ``defer`` whose work has not finished yet."""
+        return sum(len(offsets) for offsets in self._deferred.values())
+
     async def _commit(self) -> None:
         if not self._positions or self.consumer is None:
             return
         owned = set(self.assigned_partitions)
-        offsets = {tp: offset for tp, offset in self._positions.items() if tp.partition in owned}
-        self._positions = {}
+        offsets: dict[TopicPartition, int] = {}
+        for tp, position in self._positions.items():
+            if tp.partition not in owned:
+                continue
+            held = self._deferred.get(tp)
+            target = min(position, min(held)) if held else position
+            if target > self._committed.get(tp, -1):
+                offsets[tp] = target
         if not offsets:
             return
         try:
             await self.consumer.commit(offsets)
+            self._committed.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced under us; the new owner re-reads these records and dedupes them.
             logger.warning("agent %s: offset commit failed after a rebalance: %s", self.name, exc)
@@ -250,6 +296,10 @@ class AgentRunner:
                     table.close(partition)
             self.assigned_partitions = [p for p in self.assigned_partitions if p not in partitions]
             self._positions = {tp: o for tp, o in self._positions.items() if tp.partition not in partitions}
+            self._committed = {tp: o for tp, o in self._committed.items() if tp.partition not in partitions}
+            self._deferred = {tp: o for tp, o in self._deferred.items() if tp.partition not in partitions}
+            if partitions and self.spec.on_revoked is not None:
+                await self.spec.on_revoked(self, sorted(partitions))
             if partitions:
                 logger.info("agent %s: partitions %s revoked", self.name, sorted(partitions))
 

@@ -81,14 +81,20 @@ class Table:
         self.directory = directory
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
+        #: Writes taken by a finish that is waiting for the broker: still the newest values for readers
+        #: (agents whose work runs across batches read while a flush is in flight).
+        self._flushing: dict[int, dict[bytes, bytes | None]] = {}
 
     # -- reads and writes made by agents -----------------------------------------------------------
 
     def get(self, key: str, partition: int, default: Any = None) -> Any:
         encoded = key.encode()
         pending = self._pending.get(partition)
+        flushing = self._flushing.get(partition)
         if pending is not None and encoded in pending:
             raw = pending[encoded]
+        elif flushing is not None and encoded in flushing:
+            raw = flushing[encoded]
         else:
             raw = self._store(partition).get(encoded)
         return default if raw is None else json.loads(raw)
@@ -103,7 +109,7 @@ class Table:
 
     def items(self, partition: int) -> Iterator[tuple[str, Any]]:
         """Every key and value of a partition, including writes not yet flushed."""
-        pending = dict(self._pending.get(partition, {}))
+        pending = {**self._flushing.get(partition, {}), **self._pending.get(partition, {})}
         for key, raw in self._store(partition).items():
             if key in pending:
                 raw_pending = pending.pop(key)
@@ -135,6 +141,7 @@ class Table:
 
     def close(self, partition: int) -> None:
         self._pending.pop(partition, None)
+        self._flushing.pop(partition, None)
         store = self._stores.pop(partition, None)
         if store is not None:
             store.close()
@@ -149,13 +156,23 @@ class Table:
         shutil.rmtree(self.directory / str(partition), ignore_errors=True)
 
     def take_pending(self) -> dict[int, dict[bytes, bytes | None]]:
+        """Hand the writes to a finish; readers keep seeing them until :meth:`commit` stores them."""
         pending, self._pending = self._pending, {}
-        return {partition: changes for partition, changes in pending.items() if changes}
+        taken = {partition: changes for partition, changes in pending.items() if changes}
+        for partition, changes in taken.items():
+            self._flushing.setdefault(partition, {}).update(changes)
+        return taken
 
     def discard_pending(self) -> None:
         self._pending = {}
+        self._flushing = {}
 
     def commit(self, partition: int, changes: dict[bytes, bytes | None], changelog_offset: int | None) -> None:
         store = self._stores.get(partition)
         if store is not None:
             store.write(changes, changelog_offset)
+        flushing = self._flushing.get(partition)
+        if flushing:
+            for key, value in changes.items():
+                if key in flushing and flushing[key] is value:
+                    del flushing[key]

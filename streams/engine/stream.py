@@ -16,6 +16,7 @@ agent: they go to the dead-letter topic with their reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -85,6 +86,28 @@ class Batch(Generic[E]):
         """Send an event (Avro-encoded) when this batch is finished."""
         raw_key = key.encode() if isinstance(key, str) else key
         self.outbox.send(topic, raw_key, encode_event(event), headers=headers)
+
+    async def publish(
+        self, topic: str, key: str | bytes | None, event: Envelope, headers: list[tuple[str, bytes]] | None = None
+    ) -> asyncio.Future[Any]:
+        """Send an event now, not when the batch is finished; return its delivery future.
+
+        For work that outlives its batch (see :meth:`defer`) and for streams a client watches live
+        (answer chunks). The await only hands the message to the producer's accumulator, which
+        batches it with whatever else is being sent; await the returned future (once, for the last
+        message of a unit of work) before declaring that work done.
+        """
+        return await self._runner.publish(topic, key, encode_event(event), headers)
+
+    def defer(self, record: Record[E]) -> Callable[[], None]:
+        """Finish ``record`` after this batch: its offset is not committed until the callback is called.
+
+        The agent may start a task for the record and ask for the next batch at once. Table writes and
+        :meth:`dead_letter` calls the task makes before calling the callback become durable with the
+        batch that is finished after that, before the offset is committed; a crash before then replays
+        the record.
+        """
+        return self._runner.defer(record)
 
     def dead_letter(self, record: Record[Any], error: BaseException, attempts: int = 1) -> None:
         """Send the record's original bytes to its DLQ with the reason."""

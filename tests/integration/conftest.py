@@ -5,6 +5,7 @@ A missing dependency fails the run with what to install; nothing is skipped.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,10 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from connectors.broker import EmbeddedBroker
-from schemas import LockState, decode_event, encode_event, new_event_id
+from schemas import ConversationTurn, LockState, TurnEvent, decode_event, encode_event, new_event_id
 from schemas.locks import LockCommand
-from streams.catalog import LOCK_COMMANDS, LOCK_STATE
+from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_COMMANDS, LOCK_STATE, USAGE_EVENTS
 from tests.support.stack import (
+    MissingDependency,
     TopicReader,
     WorkerProcess,
     find_or_start_redis,
@@ -159,3 +161,80 @@ def tenant() -> str:
 ADMIN = {"user": "ann", "roles": ["admin"]}
 OTHER_ADMIN = {"user": "bob", "roles": ["admin"]}
 
+
+
+# -- conversation: a real llama.cpp model server ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The embedded llama.cpp server on SmolLM2-135M-Instruct, shared by the session's tests."""
+    from connectors.model_server import EmbeddedModelServer
+
+    server = EmbeddedModelServer(log_path=tmp_path_factory.mktemp("llm") / "model-server.log")
+    try:
+        server.start()
+    except Exception as exc:
+        raise MissingDependency(f"cannot start the embedded model server: {exc}") from exc
+    yield server
+    server.stop()
+
+
+class TurnClient:
+    """Sends conversation turns and reads the TurnEvents (and DLQ entries) that answer them."""
+
+    def __init__(self, bootstrap: str, events: TopicReader, dlq: TopicReader, usage: TopicReader) -> None:
+        self.bootstrap = bootstrap
+        self.events = events
+        self.dlq = dlq
+        self.usage = usage
+
+    async def send(self, payload: dict[str, Any]) -> ConversationTurn:
+        turn = ConversationTurn.model_validate({"event_id": new_event_id(), **payload})
+        await produce_raw(self.bootstrap, CONVERSATION_TURNS.name, [(turn.session_id.encode(), encode_event(turn))])
+        return turn
+
+    def answers(self, turn_id: str) -> list[TurnEvent]:
+        """Every event of a turn seen so far, in topic order (one session = one partition)."""
+        records = sorted(self.events.seen, key=lambda record: record.offset)
+        events = [decode_event(record.value or b"", TurnEvent) for record in records]
+        return [event for event in events if event.turn_id == turn_id]
+
+    async def finished(self, turn_id: str, timeout: float = 90.0) -> TurnEvent:
+        """The ``completed`` or ``failed`` event of a turn."""
+        def terminal(record: Any) -> bool:
+            event = decode_event(record.value or b"", TurnEvent)
+            return event.turn_id == turn_id and event.type in ("completed", "failed")
+
+        records = await self.events.wait_for(terminal, timeout=timeout)
+        return decode_event(records[0].value or b"", TurnEvent)
+
+    async def ask(self, payload: dict[str, Any], timeout: float = 90.0) -> tuple[ConversationTurn, TurnEvent]:
+        turn = await self.send(payload)
+        return turn, await self.finished(turn.event_id, timeout)
+
+
+@pytest.fixture
+async def turn_client_factory() -> AsyncIterator[Callable[[str], Any]]:
+    readers: list[TopicReader] = []
+
+    async def make(bootstrap: str) -> TurnClient:
+        events = await TopicReader(bootstrap, CONVERSATION_EVENTS.name).start()
+        dlq = await TopicReader(bootstrap, CONVERSATION_TURNS.dlq).start()
+        usage = await TopicReader(bootstrap, USAGE_EVENTS.name).start()
+        readers.extend([events, dlq, usage])
+        return TurnClient(bootstrap, events, dlq, usage)
+
+    yield make
+    for reader in readers:
+        await reader.stop()
+
+
+#: Made-up prices for the embedded model, so that cost is a number a test can check (the shipped price is 0).
+TEST_PRICES = {"models": {"smollm2-135m-instruct": {"input": 2.0, "cached": 1.0, "output": 8.0}}}
+
+
+def write_test_prices(directory: Path) -> Path:
+    path = directory / "prices.json"
+    path.write_text(json.dumps(TEST_PRICES))
+    return path

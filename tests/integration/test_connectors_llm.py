@@ -28,8 +28,9 @@ from connectors.model_server import SMOLLM2_MODEL_ALIAS, EmbeddedModelServer
 
 pytestmark = pytest.mark.integration
 
+# No system message: SmolLM2-135M answers this one right with its template's default system prompt (with
+# "You are a helpful assistant." it drifts into French prose).
 QUESTION: list[ChatMessage] = [
-    {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
 ]
 STORY: list[ChatMessage] = [

@@ -38,6 +38,7 @@ SHIPPED_IDS = {
     "6": "embedding_result.v1.avsc",
     "7": "usage_event.v1.avsc",
     "8": "usage_report.v1.avsc",
+    "9": "turn_event.v2.avsc",
 }
 
 

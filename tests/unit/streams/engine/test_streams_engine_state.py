@@ -307,3 +307,34 @@ def test_table_behaves_like_a_dict_with_a_pending_layer(operations: list[tuple[s
             assert dict(table.items(0)) == committed
         finally:
             table.close_all()
+
+
+def test_writes_being_flushed_stay_visible_until_committed(table_factory: Callable[..., Table]) -> None:
+    """Work that runs across batches reads while a flush waits for the broker: it must see the newest value."""
+    table = table_factory(0)
+    table.set("session", ["turn 1"], 0)
+    taken = table.take_pending()
+
+    assert table.get("session", 0) == ["turn 1"], "taken for the changelog, not yet in RocksDB"
+    assert dict(table.items(0)) == {"session": ["turn 1"]}
+    table.set("session", ["turn 1", "turn 2"], 0)  # a newer write during the flush wins
+    assert table.get("session", 0) == ["turn 1", "turn 2"]
+
+    table.commit(0, taken[0], 0)
+    assert table.get("session", 0) == ["turn 1", "turn 2"], "the pending newer write still wins"
+    second = table.take_pending()
+    table.commit(0, second[0], 1)
+    assert table.get("session", 0) == ["turn 1", "turn 2"]
+
+
+def test_a_deleted_key_being_flushed_reads_as_absent(table_factory: Callable[..., Table]) -> None:
+    table = table_factory(0)
+    table.set("k", 1, 0)
+    table.commit(0, table.take_pending()[0], 0)
+    table.delete("k", 0)
+    taken = table.take_pending()
+
+    assert table.get("k", 0) is None
+    assert dict(table.items(0)) == {}
+    table.commit(0, taken[0], 1)
+    assert table.get("k", 0) is None

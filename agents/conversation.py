@@ -1,0 +1,397 @@
+"""Conversation turns: a prompt in, a streamed answer out as ordered TurnEvents.
+
+For each ConversationTurn on ``soma.conversation.turns`` (keyed by session) the agent
+
+1. drops it when its ``event_id`` was answered before (the ``seen`` table) or is being answered now;
+2. refuses it (``failed`` event + DLQ) when the prompt is longer than ``SOMA_TURN_MAX_PROMPT_CHARS`` or
+   when the tenant's training lock is active and ``SOMA_TRAINING_MODE_POLICY=reject``;
+3. publishes ``started``, builds the prompt from the session's history (the ``history`` table, bounded
+   by ``SOMA_HISTORY_MAX_TURNS`` and ``SOMA_HISTORY_MAX_TOKENS``) and streams the completion, publishing
+   ``chunk`` events as text arrives — the first delta at once, later ones coalesced (a chunk at most
+   every ``SOMA_CHUNK_INTERVAL_MS`` or ``SOMA_CHUNK_MAX_DELTAS`` deltas) so consumers aren't flooded;
+4. publishes ``completed`` (full text, finish reason, usage, cost, TTFT, latency) and one UsageEvent,
+   waits for the broker to acknowledge them, and only then appends the turn to the history and marks
+   it seen — a crash before that point replays the turn;
+5. on any failure — the provider down, a stream broken mid-answer, the circuit open, the turn's
+   timeout — publishes ``failed`` with the reason and sends the turn to the DLQ for a later re-drive.
+   A partial answer is never marked completed, and a failed turn is not marked seen, so a re-drive
+   answers it.
+
+Turns take seconds, so they do not block the stream: each runs as a task (``Batch.defer`` holds its
+offset's commit until it is done), turns of one session run one after another (each waits for the
+previous), and at most ``SOMA_MAX_CONCURRENT_TURNS`` call the model at once. Chunk events go out as
+they are made (``Batch.publish``), not with the batch: a client is watching.
+
+The training lock comes from a view of the compacted lock state topic that every worker reads whole
+(:class:`streams.views.TopicView`), not from Redis per turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from agents.pricing import PriceTable
+from connectors.circuit import CircuitBreaker
+from connectors.llm import ChatClient, ChatDelta, ChatMessage, ChatResult
+from connectors.model_server import prompt_renderer_for_model
+from schemas import ConversationTurn, LockState, SchemaError, TurnEvent, UsageEvent, caused_by
+from schemas.conversation import TokenUsage
+from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
+from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.views import TopicView
+
+__all__ = ["TurnRefused", "build_messages", "history_key", "trim_history"]
+
+logger = logging.getLogger(__name__)
+
+_CHARS_PER_TOKEN = 4
+_DEDUPE_SWEEP_MS = 60_000
+#: How often the stream yields an empty batch, so that turns finished between records are made durable
+#: and committed promptly.
+_TICK_SECONDS = 0.05
+
+
+class TurnRefused(Exception):
+    """A turn that is not answered by policy or limit (not a dependency failure): the reason says why."""
+
+
+def history_key(turn: ConversationTurn) -> str:
+    """History is per tenant *and* session: another tenant reusing a session id sees nothing of it."""
+    return f"{turn.tenant}/{turn.session_id}"
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // _CHARS_PER_TOKEN + 1
+
+
+def trim_history(history: list[dict[str, Any]], max_turns: int, max_tokens: int) -> list[dict[str, Any]]:
+    """The newest turns that fit both bounds, oldest first; a turn is kept whole or left out."""
+    kept: list[dict[str, Any]] = []
+    budget = max_tokens
+    for entry in reversed(history[-max_turns:] if max_turns else []):
+        cost = int(entry.get("tokens") or estimate_tokens(entry["user"] + entry["assistant"]))
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append(entry)
+    kept.reverse()
+    return kept
+
+
+def build_messages(system_prompt: str | None, history: list[dict[str, Any]], prompt: str) -> list[ChatMessage]:
+    messages: list[ChatMessage] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    for entry in history:
+        messages.append({"role": "user", "content": entry["user"]})
+        messages.append({"role": "assistant", "content": entry["assistant"]})
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def _lock_is_current(key: str, state: LockState) -> bool:
+    return "#" not in key  # '<tenant>#rejected' records are refusals, not states
+
+
+@dataclass
+class _ConversationState:
+    """Per-process objects of the agent, created on its first batch (they need the running loop)."""
+
+    settings: Any
+    client: ChatClient
+    prices: PriceTable
+    locks: TopicView[LockState]
+    provider: str
+    slots: asyncio.Semaphore
+    #: The last task of each session: the next turn of that session waits for it.
+    sessions: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: Running tasks by input partition, to cancel them when the partition is revoked.
+    by_partition: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
+    in_flight: set[str] = field(default_factory=set)
+    next_sweep_ms: int = 0
+
+    @classmethod
+    def create(cls, settings: Any) -> _ConversationState:
+        breaker = CircuitBreaker(
+            "llm", failure_threshold=settings.llm_circuit_failures, reset_timeout=settings.llm_circuit_reset_seconds
+        )
+        client = ChatClient(
+            settings.llm_base_url, settings.openai_api_key, settings.openai_model,
+            timeout=settings.llm_timeout_seconds, max_retries=settings.llm_max_retries, breaker=breaker,
+            prompt_renderer=prompt_renderer_for_model(settings.openai_model),
+        )
+        provider = settings.llm_provider or (
+            "llama.cpp" if settings.uses_embedded_model else urlparse(settings.llm_base_url).hostname or "openai"
+        )
+        locks: TopicView[LockState] = TopicView(settings, LOCK_STATE, keep=_lock_is_current)
+        locks.start()
+        return cls(settings, client, PriceTable.load(settings.prices_file), locks, provider,
+                   asyncio.Semaphore(settings.max_concurrent_turns))
+
+    def active_lock(self, tenant: str, now_ms: int) -> LockState | None:
+        state = self.locks.get(tenant)
+        if state is None or state.status != "active":
+            return None
+        if state.expires_at is not None and state.expires_at.timestamp() * 1000 <= now_ms:
+            return None  # the expiry event may not have arrived yet; the TTL has passed all the same
+        return state
+
+    def track(self, partition: int, session: str, task: asyncio.Task[None]) -> None:
+        self.sessions[session] = task
+        running = self.by_partition.setdefault(partition, set())
+        running.add(task)
+
+        def forget(finished: asyncio.Task[None]) -> None:
+            running.discard(finished)
+            if self.sessions.get(session) is finished:
+                del self.sessions[session]
+
+        task.add_done_callback(forget)
+
+    async def cancel(self, partitions: list[int] | None = None) -> None:
+        chosen = list(self.by_partition) if partitions is None else partitions
+        tasks = [task for partition in chosen for task in self.by_partition.pop(partition, set())]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            logger.info("cancelled %d unfinished turns (their records are replayed by the next owner)", len(tasks))
+
+    async def close(self) -> None:
+        await self.cancel()
+        await self.locks.stop()
+        await self.client.close()
+
+
+_state: _ConversationState | None = None
+
+
+def _agent_state(settings: Any) -> _ConversationState:
+    global _state
+    if _state is None:
+        _state = _ConversationState.create(settings)
+    return _state
+
+
+def _turn_event(turn: ConversationTurn, type_: str, **fields: Any) -> TurnEvent:
+    return TurnEvent(**caused_by(turn), session_id=turn.session_id, turn_id=turn.event_id, type=type_, **fields)
+
+
+def _reply_invalid(batch: Batch[ConversationTurn], record: Record[ConversationTurn], error: SchemaError) -> None:
+    """Answer an invalid turn with ``failed`` when its bytes still name a tenant and a session."""
+    try:
+        payload = json.loads(record.value)
+    except ValueError:
+        return
+    if not isinstance(payload, dict):
+        return
+    tenant, session, turn_id = payload.get("tenant"), payload.get("session_id"), payload.get("event_id")
+    if not (isinstance(tenant, str) and isinstance(session, str) and session):
+        return
+    try:
+        event = TurnEvent(tenant=tenant, session_id=session, turn_id=str(turn_id or f"invalid@{record.offset}"),
+                          type="failed", error=f"invalid turn: {error.reason}",
+                          causation_id=str(turn_id) if turn_id else None)
+    except Exception:
+        return  # the tenant itself is malformed: the DLQ entry is the only answer
+    batch.emit(CONVERSATION_EVENTS.name, session, event)
+
+
+async def _on_revoked(runner: AgentRunner, partitions: list[int]) -> None:
+    if _state is not None:
+        await _state.cancel(partitions)
+
+
+@agent(
+    "conversation",
+    topic=CONVERSATION_TURNS,
+    tables=("history", "seen"),
+    on_invalid=_reply_invalid,
+    on_revoked=_on_revoked,
+    tick_seconds=_TICK_SECONDS,
+)
+async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
+    """Start a task per turn; the stream commits each turn's offset once its task is done."""
+    global _state
+    state = _agent_state(stream.settings)
+    try:
+        async for batch in stream:
+            for record in batch:
+                with batch.guard(record, on_error=_failed_reply(batch)):
+                    _start_turn(batch, record, state)
+            _sweep_seen(batch, state)
+    finally:
+        _state = None
+        await state.close()
+
+
+def _failed_reply(batch: Batch[ConversationTurn]) -> Callable[[Record[ConversationTurn], Exception], None]:
+    def reply(record: Record[ConversationTurn], error: Exception) -> None:
+        batch.emit(CONVERSATION_EVENTS.name, record.event.session_id, _turn_event(record.event, "failed",
+                                                                                   error=str(error)))
+    return reply
+
+
+def _start_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState) -> None:
+    turn = record.event
+    settings = state.settings
+    if turn.event_id in state.in_flight or batch.table("seen").get(turn.event_id, record.partition) is not None:
+        logger.info("duplicate turn %s of session %s ignored", turn.event_id, turn.session_id)
+        return
+    if len(turn.prompt) > settings.turn_max_prompt_chars:
+        raise TurnRefused(f"prompt is {len(turn.prompt)} characters; the maximum is "
+                          f"{settings.turn_max_prompt_chars} (SOMA_TURN_MAX_PROMPT_CHARS)")
+    lock = state.active_lock(turn.tenant, batch.now_ms)
+    if lock is not None and settings.training_mode_policy == "reject":
+        until = lock.expires_at.isoformat(timespec="seconds") if lock.expires_at else "?"
+        raise TurnRefused(f"tenant {turn.tenant!r} is in training mode (held by {lock.holder!r} until {until}, "
+                          f"reason: {lock.reason or '-'}); turns are refused (SOMA_TRAINING_MODE_POLICY=reject)")
+    session = history_key(turn)
+    previous = state.sessions.get(session)
+    done = batch.defer(record)
+    state.in_flight.add(turn.event_id)
+    task = asyncio.create_task(
+        _run_turn(batch, record, state, previous, done, training_mode=lock is not None),
+        name=f"turn-{turn.event_id}",
+    )
+    state.track(record.partition, session, task)
+
+
+async def _run_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
+                    previous: asyncio.Task[None] | None, done: Callable[[], None], training_mode: bool) -> None:
+    turn = record.event
+    try:
+        if previous is not None:
+            await asyncio.wait([previous])  # the session's earlier turn first: its answer is our history
+        async with state.slots:
+            await _answer(batch, record, state, training_mode)
+    except asyncio.CancelledError:
+        raise  # revoked or stopping: not done, the next owner replays the turn
+    except Exception as exc:
+        logger.warning("turn %s of session %s failed: %s: %s", turn.event_id, turn.session_id,
+                       type(exc).__name__, exc)
+        with contextlib.suppress(Exception):
+            future = await batch.publish(CONVERSATION_EVENTS.name, turn.session_id, _turn_event(
+                turn, "failed", error=f"{type(exc).__name__}: {exc}", training_mode=training_mode))
+            await future
+        batch.dead_letter(record, exc)
+    finally:
+        state.in_flight.discard(turn.event_id)
+    done()
+
+
+async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
+                  training_mode: bool) -> None:
+    turn = record.event
+    settings = state.settings
+    topic, key = CONVERSATION_EVENTS.name, turn.session_id
+    started = time.perf_counter()
+    await batch.publish(topic, key, _turn_event(turn, "started", training_mode=training_mode))
+
+    history_table = batch.table("history")
+    stored: list[dict[str, Any]] = history_table.get(history_key(turn), record.partition, [])
+    history = trim_history(stored, settings.history_max_turns, settings.history_max_tokens)
+    messages = build_messages(settings.system_prompt, history, turn.prompt)
+    max_tokens = min(turn.max_tokens or settings.turn_default_max_tokens, settings.turn_max_tokens_cap)
+
+    chunker = _Chunker(settings.chunk_interval_ms / 1000, settings.chunk_max_deltas)
+    result: ChatResult | None = None
+    async with asyncio.timeout(settings.turn_timeout_seconds):
+        stream = state.client.stream_chat(messages, model=turn.model, max_tokens=max_tokens,
+                                          temperature=turn.temperature)
+        async with contextlib.aclosing(stream) as events:
+            async for item in events:
+                if isinstance(item, ChatDelta):
+                    ready = chunker.add(item.text)
+                    if ready is not None:
+                        await _publish_chunk(batch, turn, ready, chunker, training_mode)
+                else:
+                    result = item
+    if result is None:
+        raise RuntimeError("the model stream ended without a result")
+    rest = chunker.drain()
+    if rest is not None:
+        await _publish_chunk(batch, turn, rest, chunker, training_mode)
+
+    usage = result.usage
+    cost = state.prices.cost(result.model, usage.input_tokens, usage.output_tokens, usage.cached_tokens) \
+        if usage is not None else None
+    latency_ms = (time.perf_counter() - started) * 1000
+    completed = _turn_event(
+        turn, "completed", seq=chunker.sent, text=result.text, finish_reason=result.finish_reason, usage=usage,
+        cost_usd=cost, ttft_ms=result.ttft_ms, latency_ms=latency_ms, training_mode=training_mode,
+    )
+    acks = [await batch.publish(topic, key, completed)]
+    if usage is not None:
+        acks.append(await batch.publish(USAGE_EVENTS.name, turn.tenant, _usage_event(turn, state, result, usage,
+                                                                                     cost)))
+    else:
+        logger.warning("turn %s: the provider sent no usage and no tokenizer could count it", turn.event_id)
+    await asyncio.gather(*acks)
+
+    # Durable answer first, then history and dedupe: a crash in between replays the turn.
+    entry = {"turn_id": turn.event_id, "user": turn.prompt, "assistant": result.text,
+             "tokens": estimate_tokens(turn.prompt + result.text)}
+    history_table.set(history_key(turn), [*stored, entry][-max(settings.history_max_turns, 1):], record.partition)
+    batch.table("seen").set(turn.event_id, batch.now_ms + settings.dedupe_ttl_seconds * 1000, record.partition)
+
+
+def _usage_event(turn: ConversationTurn, state: _ConversationState, result: ChatResult, usage: TokenUsage,
+                 cost: float | None) -> UsageEvent:
+    return UsageEvent(
+        **caused_by(turn), provider=state.provider, model=result.model, kind="chat",
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens,
+        cost_usd=cost, latency_ms=result.latency_ms, source_event_id=turn.event_id,
+    )
+
+
+async def _publish_chunk(batch: Batch[ConversationTurn], turn: ConversationTurn, text: str, chunker: _Chunker,
+                         training_mode: bool) -> None:
+    event = _turn_event(turn, "chunk", seq=chunker.sent, delta=text, training_mode=training_mode)
+    chunker.sent += 1
+    await batch.publish(CONVERSATION_EVENTS.name, turn.session_id, event)
+
+
+class _Chunker:
+    """Coalesces deltas: the first goes out at once, later ones at most every ``interval`` or ``max_deltas``."""
+
+    def __init__(self, interval: float, max_deltas: int) -> None:
+        self.interval = interval
+        self.max_deltas = max_deltas
+        self.sent = 0
+        self._parts: list[str] = []
+        self._last = 0.0
+
+    def add(self, text: str) -> str | None:
+        self._parts.append(text)
+        now = time.monotonic()
+        if self.sent == 0 or len(self._parts) >= self.max_deltas or now - self._last >= self.interval:
+            self._last = now
+            return self.drain()
+        return None
+
+    def drain(self) -> str | None:
+        if not self._parts:
+            return None
+        text, self._parts = "".join(self._parts), []
+        return text
+
+
+def _sweep_seen(batch: Batch[ConversationTurn], state: _ConversationState) -> None:
+    now = batch.now_ms
+    if now < state.next_sweep_ms:
+        return
+    state.next_sweep_ms = now + _DEDUPE_SWEEP_MS
+    seen = batch.table("seen")
+    for partition in batch.partitions:
+        for event_id, expires in list(seen.items(partition)):
+            if expires <= now:
+                seen.delete(event_id, partition)

@@ -1,0 +1,110 @@
+"""Read-only views of a topic: the latest event per key, read from every partition without a group.
+
+An agent sometimes needs state that another agent owns and that is partitioned by a different key: the
+conversation agent (turns keyed by session) must know each tenant's training lock (state keyed by
+tenant). Asking Redis per turn would put a network round trip on every turn; instead every worker
+reads the compacted state topic whole, like Faust's global tables, and keeps the latest event per key
+in memory. The view lags the topic by a fetch (milliseconds); it is a view, never a source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from faust_app import Settings
+from schemas import Envelope, SchemaError, decode_event
+from streams.catalog import TopicSpec
+from streams.kafka import consumer_factory
+
+__all__ = ["TopicView"]
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Envelope)
+
+
+class TopicView(Generic[E]):
+    """The latest decodable event per key of ``topic``, kept up to date by a background task.
+
+    ``keep(key, event)`` decides which records count (say, not the refusals of the lock topic);
+    records that don't decode are logged and skipped: a view must not stop on a bad record.
+    """
+
+    def __init__(
+        self, settings: Settings, topic: TopicSpec, keep: Callable[[str, E], bool] | None = None
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self._keep = keep
+        self._latest: dict[str, E] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.caught_up = asyncio.Event()
+
+    def get(self, key: str) -> E | None:
+        return self._latest.get(key)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"view-{self.topic.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        backoff = 1.0
+        while True:
+            consumer = consumer_factory(self.settings, group_id=None, auto_offset_reset="earliest")
+            try:
+                await consumer.start()
+                await self._follow(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("view of %s failed; restarting in %.0f s", self.topic.name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        await consumer.topics()  # loads the metadata partitions_for_topic answers from
+        partitions = consumer.partitions_for_topic(self.topic.name) or set()
+        tps = [TopicPartition(self.topic.name, partition) for partition in sorted(partitions)]
+        if not tps:
+            raise RuntimeError(f"topic {self.topic.name} has no partitions (not created yet?)")
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        model: Any = self.topic.model
+        while True:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for messages in fetched.values():
+                for message in messages:
+                    key = (message.key or b"").decode("utf-8", "replace")
+                    if message.value is None:
+                        self._latest.pop(key, None)
+                        continue
+                    try:
+                        event = decode_event(message.value, model)
+                    except SchemaError as exc:
+                        logger.warning("view of %s: skipping undecodable record at %d@%d: %s", self.topic.name,
+                                       message.partition, message.offset, exc)
+                        continue
+                    if self._keep is None or self._keep(key, event):
+                        self._latest[key] = event
+            if not fetched and not self.caught_up.is_set():
+                # An empty fetch means we reached the end (end_offsets is unreliable on the embedded broker).
+                self.caught_up.set()
