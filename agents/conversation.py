@@ -224,9 +224,18 @@ async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
     state = _agent_state(stream.settings)
     try:
         async for batch in stream:
+            accepted: list[tuple[Record[ConversationTurn], bool]] = []
             for record in batch:
                 with batch.guard(record, on_error=_failed_reply(batch)):
-                    _start_turn(batch, record, state)
+                    training_mode = _accept(batch, record, state)
+                    if training_mode is not None:
+                        accepted.append((record, training_mode))
+            # Every accepted turn is announced before any of them starts its (CPU-heavy) model request.
+            for record, training_mode in accepted:
+                await batch.publish(CONVERSATION_EVENTS.name, record.event.session_id,
+                                    _turn_event(record.event, "started", training_mode=training_mode))
+            for record, training_mode in accepted:
+                _spawn(batch, record, state, training_mode)
             _sweep_seen(batch, state)
     finally:
         _state = None
@@ -240,12 +249,16 @@ def _failed_reply(batch: Batch[ConversationTurn]) -> Callable[[Record[Conversati
     return reply
 
 
-def _start_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState) -> None:
+def _accept(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState) -> bool | None:
+    """Whether to answer the turn: ``None`` for a duplicate, else whether training mode applies.
+
+    Raises :class:`TurnRefused` for a turn refused by a limit or the training-mode policy.
+    """
     turn = record.event
     settings = state.settings
     if turn.event_id in state.in_flight or batch.table("seen").get(turn.event_id, record.partition) is not None:
         logger.info("duplicate turn %s of session %s ignored", turn.event_id, turn.session_id)
-        return
+        return None
     if len(turn.prompt) > settings.turn_max_prompt_chars:
         raise TurnRefused(f"prompt is {len(turn.prompt)} characters; the maximum is "
                           f"{settings.turn_max_prompt_chars} (SOMA_TURN_MAX_PROMPT_CHARS)")
@@ -254,14 +267,18 @@ def _start_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn]
         until = lock.expires_at.isoformat(timespec="seconds") if lock.expires_at else "?"
         raise TurnRefused(f"tenant {turn.tenant!r} is in training mode (held by {lock.holder!r} until {until}, "
                           f"reason: {lock.reason or '-'}); turns are refused (SOMA_TRAINING_MODE_POLICY=reject)")
-    session = history_key(turn)
+    state.in_flight.add(turn.event_id)
+    return lock is not None
+
+
+def _spawn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
+           training_mode: bool) -> None:
+    """Answer the turn in a task of its own, after the session's previous turn."""
+    session = history_key(record.event)
     previous = state.sessions.get(session)
     done = batch.defer(record)
-    state.in_flight.add(turn.event_id)
-    task = asyncio.create_task(
-        _run_turn(batch, record, state, previous, done, training_mode=lock is not None),
-        name=f"turn-{turn.event_id}",
-    )
+    task = asyncio.create_task(_run_turn(batch, record, state, previous, done, training_mode),
+                               name=f"turn-{record.event.event_id}")
     state.track(record.partition, session, task)
 
 
@@ -294,7 +311,6 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     settings = state.settings
     topic, key = CONVERSATION_EVENTS.name, turn.session_id
     started = time.perf_counter()
-    await batch.publish(topic, key, _turn_event(turn, "started", training_mode=training_mode))
 
     history_table = batch.table("history")
     stored: list[dict[str, Any]] = history_table.get(history_key(turn), record.partition, [])

@@ -56,11 +56,15 @@ class AgentSpec:
 class AgentRunner:
     """The machinery behind one agent's :class:`BatchStream`."""
 
-    def __init__(self, spec: AgentSpec, settings: Settings, producer: AIOKafkaProducer) -> None:
+    def __init__(
+        self, spec: AgentSpec, settings: Settings, producer: AIOKafkaProducer,
+        live_producer: AIOKafkaProducer | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.settings = settings
         self.producer = producer
+        self.live_producer = live_producer or producer
         self.outbox = Outbox(producer)
         self.group_id = f"{settings.app_id}.{spec.name}"
         self.tables: dict[str, Table] = {
@@ -243,9 +247,9 @@ class AgentRunner:
     async def publish(
         self, topic: str, key: str | bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
     ) -> asyncio.Future[Any]:
-        """Hand one message to the shared producer now (partitioned by key like the outbox)."""
+        """Send one message now on the live producer (no linger; partitioned by key like the outbox)."""
         raw_key = key.encode() if isinstance(key, str) else key
-        future: asyncio.Future[Any] = await self.producer.send(topic, value, key=raw_key, headers=headers or [])
+        future: asyncio.Future[Any] = await self.live_producer.send(topic, value, key=raw_key, headers=headers or [])
         return future
 
     def defer(self, record: Record[Any]) -> Callable[[], None]:

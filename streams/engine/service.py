@@ -52,12 +52,18 @@ async def prepare_topics(config: Settings) -> list[str]:
 
 @app.service
 class StreamEngine(Service):
-    """Starts one :class:`AgentRunner` per registered agent, sharing one producer."""
+    """Starts one :class:`AgentRunner` per registered agent, sharing two producers.
+
+    The batch producer lingers a few milliseconds so that batches fill; the live producer
+    (``Batch.publish``: answer chunks a client is watching) sends at once, because there every
+    millisecond of linger is a millisecond of time-to-first-token.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None
+        self.live_producer: AIOKafkaProducer | None = None
         self.runners: list[AgentRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,8 +72,10 @@ class StreamEngine(Service):
         await prepare_topics(self.settings)
         self.producer = producer_factory(self.settings)
         await self.producer.start()
+        self.live_producer = producer_factory(self.settings, linger_ms=0, client_id=f"{self.settings.app_id}-live")
+        await self.live_producer.start()
         for spec in specs:
-            runner = AgentRunner(spec, self.settings, self.producer)
+            runner = AgentRunner(spec, self.settings, self.producer, self.live_producer)
             self.runners.append(runner)
             self._tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
         logger.info("stream engine started agents: %s", ", ".join(spec.name for spec in specs) or "none")
@@ -81,6 +89,7 @@ class StreamEngine(Service):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self.producer is not None:
-            await self.producer.stop()
-            self.producer = None
+        for producer in (self.live_producer, self.producer):
+            if producer is not None:
+                await producer.stop()
+        self.producer = self.live_producer = None

@@ -59,6 +59,8 @@ class Level:
     client_ttft: list[float] = field(default_factory=list)
     agent_provider_ttft: list[float] = field(default_factory=list)
     added: list[float] = field(default_factory=list)
+    pickup: list[float] = field(default_factory=list)
+    return_leg: list[float] = field(default_factory=list)
     direct_ttft: list[float] = field(default_factory=list)
 
 
@@ -76,6 +78,9 @@ class EventWatcher:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.first_chunk: dict[str, float] = {}
+        #: Wall-clock legs of each turn, from the CreateTime the worker's producer stamped on its events.
+        self.started_at: dict[str, int] = {}
+        self.return_leg: dict[str, float] = {}
         self.completed: dict[str, TurnEvent] = {}
         self.failed: dict[str, TurnEvent] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -97,11 +102,15 @@ class EventWatcher:
         while True:
             fetched = await self._consumer.getmany(timeout_ms=50)
             arrived = time.perf_counter()
+            arrived_wall = time.time() * 1000
             for messages in fetched.values():
                 for message in messages:
                     event = decode_event(message.value or b"", TurnEvent)
-                    if event.type == "chunk":
-                        self.first_chunk.setdefault(event.turn_id, arrived)
+                    if event.type == "started":
+                        self.started_at[event.turn_id] = message.timestamp
+                    elif event.type == "chunk" and event.turn_id not in self.first_chunk:
+                        self.first_chunk[event.turn_id] = arrived
+                        self.return_leg[event.turn_id] = arrived_wall - message.timestamp
                     elif event.type == "completed":
                         self.completed[event.turn_id] = event
                     elif event.type == "failed":
@@ -126,16 +135,20 @@ async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: Even
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
     try:
-        sessions = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(level.sessions)]
         for round_ in range(rounds):
+            # Fresh sessions every round: no history, so the model sees exactly the direct run's prompts.
+            sessions = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(level.sessions)]
             sent: dict[str, float] = {}
+            sent_wall: dict[str, float] = {}
 
-            async def send(index: int, session: str, round_: int = round_, sent: dict[str, float] = sent) -> None:
+            async def send(index: int, session: str, round_: int = round_, sent: dict[str, float] = sent,
+                           sent_wall: dict[str, float] = sent_wall) -> None:
                 turn = ConversationTurn(tenant="bench", session_id=session, user="bench",
                                         prompt=PROMPTS[(index + round_) % len(PROMPTS)],
                                         max_tokens=MAX_TOKENS, temperature=0)
                 value = encode_event(turn)
                 sent[turn.event_id] = time.perf_counter()
+                sent_wall[turn.event_id] = time.time() * 1000
                 await producer.send(CONVERSATION_TURNS.name, value, key=session.encode())
 
             await asyncio.gather(*(send(i, s) for i, s in enumerate(sessions)))
@@ -149,6 +162,8 @@ async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: Even
                 level.client_ttft.append(client)
                 level.agent_provider_ttft.append(provider)
                 level.added.append(client - provider)
+                level.pickup.append(watcher.started_at[turn_id] - sent_wall[turn_id])
+                level.return_leg.append(watcher.return_leg[turn_id])
     finally:
         await producer.stop()
 
@@ -190,10 +205,13 @@ def report(levels: list[Level]) -> bool:
     print("all times in ms. added = client TTFT through Kafka - provider TTFT the agent observed for the same turn;")
     print("client = produce -> first chunk event received; direct = same prompts, same concurrency, straight to")
     print("the model server; dist. p50 diff = client p50 - direct p50 (includes llama.cpp's queueing variance).")
+    print("where the added time goes (p50 / p99, from the CreateTime stamps of the worker's events):")
     for level in levels:
         if level.added:
             print(f"  {level.sessions:>2} sessions: added mean {statistics.fmean(level.added):.1f} ms, "
-                  f"min {min(level.added):.1f} ms")
+                  f"min {min(level.added):.1f} ms; pickup (produce -> 'started' stamped) "
+                  f"{pct(level.pickup, 50):.1f} / {pct(level.pickup, 99):.1f}; return (first chunk stamped -> "
+                  f"received) {pct(level.return_leg, 50):.1f} / {pct(level.return_leg, 99):.1f}")
     verdict = "met" if ok else "NOT met"
     print(f"target added p50 <= {TARGET_P50_MS:.0f} ms and p99 <= {TARGET_P99_MS:.0f} ms at every level: {verdict}")
     return ok
@@ -209,7 +227,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[Level]:
         server = EmbeddedModelServer(log_path=workdir / "model-server.log").start()
         stack.callback(server.stop)
         worker = WorkerProcess(broker.bootstrap_servers, redis_url, workdir,
-                               extra_env={"OPENAI_BASE_URL": server.base_url})
+                               extra_env={"OPENAI_BASE_URL": server.base_url, **args.worker_env})
         worker.start()
         stack.callback(worker.stop)
         worker.wait_ready("conversation", timeout=120)
@@ -239,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of turns per level (default 2)")
     parser.add_argument("--min-turns", type=int, default=30, help="at least this many turns per level (default 30)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment of the worker, e.g. SOMA_BATCH_WAIT_MS=5 (repeatable)")
     args = parser.parse_args(argv)
+    args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     args.levels = [int(value) for value in args.levels.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="bench-conversation-"))
     try:
