@@ -120,6 +120,12 @@ class Settings(BaseModel):
         description="Longest time the broker holds a fetch open waiting for a batch to fill.",
     )
 
+    # -- usage metrics (agents/usage.py, agents/pricing.py) ---------------------------------------
+    prices_file: Path | None = Field(
+        None, alias="SOMA_PRICES_FILE",
+        description="JSON or TOML file of model prices (USD per 1M tokens) laid over the shipped price table.",
+    )
+
     _split = field_validator("admin_roles", "admin_users", mode="before")(_split_csv)
 
     @field_validator("lock_max_ttl_seconds")
