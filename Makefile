@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench lint unit integration install clean
+.PHONY: dev test bench bench-usage lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,5 +36,16 @@ integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
 
+## Usage benchmark: our usage agent vs a naive Faust agent vs a Quix Streams pipeline, one run.
+## Quix Streams pins pydantic<2.14 (the project needs >=2.14), so it gets its own virtualenv.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: tests/perf/requirements-quix.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r tests/perf/requirements-quix.txt
+	touch $@
+
+bench-usage: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python -m tests.perf.bench_usage
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(BENCH_VENV) data .pytest_cache .ruff_cache .mypy_cache
