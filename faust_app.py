@@ -170,6 +170,10 @@ class Settings(BaseModel):
         50, alias="SOMA_METRICS_MAX_TENANTS", ge=0, le=10_000,
         description="Most tenant label values a worker exports to Prometheus; later tenants are 'other'.",
     )
+    web_bind: str = Field(
+        "127.0.0.1", alias="SOMA_WEB_BIND",
+        description="Address the worker's HTTP port binds to (0.0.0.0 in containers, so Prometheus can scrape it).",
+    )
     metrics_max_models: int = Field(
         20, alias="SOMA_METRICS_MAX_MODELS", ge=0, le=1_000,
         description="Most model label values a worker exports to Prometheus; later models are 'other'.",
@@ -260,7 +264,7 @@ app = faust.App(
     broker_heartbeat_interval=1,
     web_enabled=settings.web_enabled,
     web_port=settings.web_port,
-    web_bind="127.0.0.1",
+    web_bind=settings.web_bind,
     producer_linger_ms=5,
 )
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["METHOD", "MIN_POINTS", "Forecast", "forecast_sum", "t_cdf", "t_quantile"]
+__all__ = ["METHOD", "MIN_POINTS", "Forecast", "Trend", "forecast_sum", "t_cdf", "t_quantile"]
 
 MIN_POINTS = 3
 METHOD = "ols-linear-trend+t-prediction-interval"
@@ -56,46 +56,65 @@ class Forecast:
     residual_sd: float | None = None
 
 
-
 def forecast_sum(history: Sequence[float], horizon: int, confidence: float) -> Forecast:
     """Forecast ``sum(next horizon values)`` of ``history`` with a ``confidence`` prediction interval."""
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
-    if horizon < 0:
-        raise ValueError(f"horizon must not be negative, got {horizon}")
-    n = len(history)
-    if horizon == 0:
-        return Forecast(0.0, 0.0, 0.0, confidence, n, 0, METHOD if n >= MIN_POINTS else FALLBACK_METHOD)
-    if n < MIN_POINTS:
-        mean = sum(history) / n if n else 0.0
-        return Forecast(max(0.0, mean * horizon), None, None, None, n, horizon, FALLBACK_METHOD)
+    return Trend.fit(history).forecast(horizon, confidence)
 
-    x_mean = (n - 1) / 2
-    y_mean = math.fsum(history) / n
-    sxx = n * (n * n - 1) / 12  # Σ (i − x̄)² for i = 0 … n−1
-    sxy = math.fsum((i - x_mean) * (y - y_mean) for i, y in enumerate(history))
-    slope = sxy / sxx
-    intercept = y_mean - slope * x_mean
-    rss = math.fsum((y - (intercept + slope * i)) ** 2 for i, y in enumerate(history))
-    s = math.sqrt(max(rss, 0.0) / (n - 2))
 
-    # Future x: n … n+H−1; their sum and their summed distance from x̄.
-    future_x_sum = horizon * n + horizon * (horizon - 1) / 2
-    total = horizon * intercept + slope * future_x_sum
-    offset = future_x_sum - horizon * x_mean
-    spread = s * math.sqrt(horizon + horizon * horizon / n + offset * offset / sxx)
-    half_width = t_quantile((1 + confidence) / 2, n - 2) * spread
-    return Forecast(
-        total=max(0.0, total),
-        lower=max(0.0, total - half_width),
-        upper=max(0.0, total + half_width),
-        confidence=confidence,
-        history_points=n,
-        horizon=horizon,
-        method=METHOD,
-        slope=slope,
-        residual_sd=s,
-    )
+@dataclass(frozen=True)
+class Trend:
+    """The least-squares line through a history, fitted once and asked for several horizons."""
+
+    n: int
+    intercept: float
+    slope: float
+    residual_sd: float
+    mean: float
+
+    @classmethod
+    def fit(cls, history: Sequence[float]) -> Trend:
+        n = len(history)
+        if n < MIN_POINTS:
+            mean = sum(history) / n if n else 0.0
+            return cls(n, mean, 0.0, 0.0, mean)
+        x_mean = (n - 1) / 2
+        y_mean = math.fsum(history) / n
+        sxx = n * (n * n - 1) / 12  # Σ (i − x̄)² for i = 0 … n−1
+        sxy = math.fsum((i - x_mean) * (y - y_mean) for i, y in enumerate(history))
+        slope = sxy / sxx
+        intercept = y_mean - slope * x_mean
+        rss = math.fsum((y - (intercept + slope * i)) ** 2 for i, y in enumerate(history))
+        return cls(n, intercept, slope, math.sqrt(max(rss, 0.0) / (n - 2)), y_mean)
+
+    def forecast(self, horizon: int, confidence: float) -> Forecast:
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+        if horizon < 0:
+            raise ValueError(f"horizon must not be negative, got {horizon}")
+        n = self.n
+        if horizon == 0:
+            return Forecast(0.0, 0.0, 0.0, confidence, n, 0, METHOD if n >= MIN_POINTS else FALLBACK_METHOD)
+        if n < MIN_POINTS:
+            return Forecast(max(0.0, self.mean * horizon), None, None, None, n, horizon, FALLBACK_METHOD)
+        x_mean = (n - 1) / 2
+        sxx = n * (n * n - 1) / 12
+        # Future x: n … n+H−1; their sum and their summed distance from x̄.
+        future_x_sum = horizon * n + horizon * (horizon - 1) / 2
+        total = horizon * self.intercept + self.slope * future_x_sum
+        offset = future_x_sum - horizon * x_mean
+        spread = self.residual_sd * math.sqrt(horizon + horizon * horizon / n + offset * offset / sxx)
+        half_width = t_quantile((1 + confidence) / 2, n - 2) * spread
+        return Forecast(
+            total=max(0.0, total),
+            lower=max(0.0, total - half_width),
+            upper=max(0.0, total + half_width),
+            confidence=confidence,
+            history_points=n,
+            horizon=horizon,
+            method=METHOD,
+            slope=self.slope,
+            residual_sd=self.residual_sd,
+        )
 
 
 # -- Student's t ---------------------------------------------------------------------------------------

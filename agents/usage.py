@@ -42,6 +42,7 @@ and tokens), ``latest`` (the last rollups and forecast, served over HTTP at ``/u
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections import defaultdict
@@ -53,7 +54,7 @@ from typing import Any, Protocol
 
 from agents.budgets import Budgets, crossed
 from agents.exceptions import LateEventError, UsageEventError
-from agents.forecast import Forecast, forecast_sum
+from agents.forecast import Forecast, Trend
 from agents.pricing import PriceTable
 from schemas import UsageEvent, UsageReport
 from streams import metrics
@@ -136,8 +137,23 @@ def _iso(ms: int) -> str:
     return _dt(ms).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+_REPORT_DEFAULTS = {name: field.default for name, field in UsageReport.model_fields.items()
+                    if field.default_factory is None and not field.is_required()}
+
+
+def _report(now_ms: int, **values: Any) -> UsageReport:
+    """A report built from values this module computed: validation skipped, which is most of the cost.
+
+    Every field is given, so pydantic resolves no default factory per report (that is slow).
+    """
+    return UsageReport.model_construct(**{**_REPORT_DEFAULTS, "occurred_at": _dt(now_ms), **values})
+
+
 def _report_id(*parts: object) -> str:
-    return str(uuid.uuid5(_NAMESPACE, "|".join(map(str, parts))))
+    """A deterministic UUID (version 5 layout, BLAKE2b of the parts): the same report gets the same id."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16, key=_NAMESPACE.bytes).hexdigest()
+    variant = "89ab"[int(digest[16], 16) & 3]
+    return f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{variant}{digest[17:20]}-{digest[20:32]}"
 
 
 # -- storage ------------------------------------------------------------------------------------------
@@ -250,6 +266,7 @@ class UsageAccountant:
         self.prices = prices
         self.budgets = budgets
         self._warned_unpriced: set[str] = set()
+        self.groups: dict[tuple[str, str, str], str] = {}
 
     def begin(self, stores: Stores, now_ms: int) -> BatchAccount:
         return BatchAccount(self, stores, now_ms)
@@ -328,7 +345,12 @@ class BatchAccount:
             row["wm"] = ts
         row["active"] = self.now_ms
         self._touched.add(tenant)
-        group = group_id(event.provider, event.model, event.kind)
+        names = (event.provider, event.model, event.kind)
+        group = self.a.groups.get(names)
+        if group is None:
+            group = group_id(*names)
+            if len(self.a.groups) < 100_000:
+                self.a.groups[names] = group
         day = ts - ts % DAY_MS
         for size, start in (("hour", hour), ("day", day)):
             key = window_key(tenant, group, size, start)
@@ -425,7 +447,9 @@ class BatchAccount:
                 provider, model, kind = (_unescape(part) for part in group.split("|"))
                 report = self._rollup(tenant, size, start, end, values, provider, model, kind)
                 self._reports.append((tenant, report))
-                summaries.append(_summary(report))
+                summaries.append({"provider": provider, "model": model, "kind": kind, "input_tokens": values[_IN],
+                                  "output_tokens": values[_OUT], "cached_tokens": values[_CACHED],
+                                  "events": values[_EVENTS], "cost_usd": values[_COST]})
             if not summaries:
                 continue
             report = self._rollup(tenant, size, start, end, total, None, None, None)
@@ -447,7 +471,8 @@ class BatchAccount:
 
     def _rollup(self, tenant: str, size: str, start: int, end: int, values: list[float], provider: str | None,
                 model: str | None, kind: str | None) -> UsageReport:
-        return UsageReport(
+        return _report(
+            self.now_ms,
             event_id=_report_id("rollup", tenant, provider, model, kind, size, start),
             tenant=tenant,
             report="rollup",
@@ -515,15 +540,17 @@ class BatchAccount:
         self.stores.history.set(tenant, history)
         confidence = self.config.confidence
         costs, tokens = history["cost"], history["tokens"]
+        cost_trend, token_trend = Trend.fit(costs), Trend.fit(tokens)
         budget = self.a.budgets.for_tenant(tenant)
         forecasts: dict[str, Any] = {}
         month_start, month_end = month_bounds(closed_until)
         horizons = [*HORIZONS, ("month", (month_end - closed_until) // HOUR_MS)]
         for label, hours in horizons:
-            cost = forecast_sum(costs, hours, confidence)
-            token = forecast_sum(tokens, hours, confidence)
+            cost = cost_trend.forecast(hours, confidence)
+            token = token_trend.forecast(hours, confidence)
             spent = row["closed"].get(f"month:{month_start}", 0.0) if label == "month" else None
-            report = UsageReport(
+            report = _report(
+                self.now_ms,
                 event_id=_report_id("forecast", tenant, label, closed_until),
                 tenant=tenant,
                 report="forecast",
@@ -553,7 +580,7 @@ class BatchAccount:
                 continue
             start, end = period_bounds(period, closed_until)
             hours = (end - closed_until) // HOUR_MS
-            ahead = forecast_sum(costs, hours, confidence)
+            ahead = cost_trend.forecast(hours, confidence)
             if ahead.lower is None:
                 continue  # no interval yet: too little history to warn on a forecast
             closed = row["closed"].get(f"{period}:{start}", 0.0)

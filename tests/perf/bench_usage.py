@@ -47,7 +47,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka.admin import NewTopic
 
@@ -71,7 +71,7 @@ from tests.support.stack import REPO_ROOT, Consumed, WorkerProcess, start_broker
 TARGET_RATIO = 5.0
 GRACE_MS = 300_000
 BASE = datetime(2025, 3, 3, tzinfo=UTC)
-MODELS = [  # (provider, model, kind, input, output, cached ranges; None = cost from the price table)
+MODELS: list[tuple[str, str, Literal["chat", "embedding"]]] = [  # (provider, model, kind)
     ("openai", "gpt-4o", "chat"),
     ("openai", "gpt-4o-mini", "chat"),
     ("openai", "text-embedding-3-small", "embedding"),
@@ -252,9 +252,9 @@ def run_contestant(name: str, workload: Workload, args: argparse.Namespace, work
         broker_pid = broker_process.pid if broker_process is not None else None
         redis_url = ""
         if name == "ours":  # the worker runs every agent; the lock agent wants its Redis mirror
-            redis_process = start_redis_server(free_port(), contestant_dir)
-            stack.callback(terminate, redis_process)
-            redis_url = f"redis://127.0.0.1:{redis_process.args[redis_process.args.index('--port') + 1]}/0"  # type: ignore[union-attr]
+            port = free_port()
+            stack.callback(terminate, start_redis_server(port, contestant_dir))
+            redis_url = f"redis://127.0.0.1:{port}/0"
         worker, in_topic, out_topic = _worker(name, bootstrap, contestant_dir, redis_url)
         topics = all_topics(PARTITIONS, 1) if name == "ours" else [
             NewTopic(in_topic, PARTITIONS, 1, topic_configs={"retention.ms": str(7 * 86_400_000)}),
