@@ -58,12 +58,14 @@ from streams.catalog import USAGE_EVENTS, USAGE_REPORTS, all_topics
 from tests.perf.common import (
     PARTITIONS,
     BenchError,
+    Profiler,
     create_topics,
     fmt_cpu,
     measure,
     positive,
     preload,
     raise_interrupt,
+    summarize_profile,
     terminate,
 )
 from tests.support.stack import REPO_ROOT, Consumed, WorkerProcess, start_broker, start_redis_server
@@ -271,10 +273,16 @@ def run_contestant(name: str, workload: Workload, args: argparse.Namespace, work
         progress = Progress(name, set(workload.expected))
         print(f"  [{name}] worker pid {worker.process.pid} started; waiting for {len(workload.expected)} rollups "
               f"on {out_topic} ...", flush=True)
+        profiler = None
+        if args.profile:
+            profiler = Profiler(worker.process.pid, contestant_dir / "profile.txt")
+            stack.callback(profiler.stop)
         outputs, cpu = asyncio.run(measure(
             bootstrap, out_topic, len(workload.expected), worker.process, args.timeout, args.stall_timeout,
-            worker.tail_log, broker_pid, None, progress=progress,
+            worker.tail_log, broker_pid, profiler, progress=progress,
         ))
+        if profiler is not None:
+            print(summarize_profile(profiler.output), flush=True)
         stamps = [record.timestamp / 1000 for record in outputs if rollup_of(name, record) is not None]
         first, last = min(stamps), max(stamps)
         return Result(name, workload.measured, last - first, first - started_at, outputs, cpu)
@@ -326,6 +334,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per contestant (default 900)")
     parser.add_argument("--stall-timeout", type=float, default=120.0,
                         help="seconds without a new output before giving up (default 120)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record each worker with py-spy while it processes (slows it down) and print the "
+                             "hottest frames")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data)")
     args = parser.parse_args(argv)
     args.names = [name.strip() for name in args.only.split(",") if name.strip()]
