@@ -255,7 +255,9 @@ async def test_metrics_endpoint_parses_with_prometheus_client(client: UsageClien
     await client.send(usage(t, "2025-03-01T10:00:00Z", inp=1234, out=56, cost=0.5),
                       usage(t, "2025-03-01T10:00:01Z", inp=1, out=1, cost=0.25))
     await client.send(usage(t, "2025-03-01T12:00:00Z", model="gpt-4o-mini", inp=1))
+    await produce_raw(client.bootstrap, USAGE_EVENTS.name, [(t.encode(), b"not an event")])
     await client.wait_reports(t, "rollup", count=1)
+    await client.dlq.wait_for(lambda r: r.key == t.encode(), timeout=30)
 
     status, body = await client.get("/metrics")
     assert status == 200
@@ -277,6 +279,9 @@ async def test_metrics_endpoint_parses_with_prometheus_client(client: UsageClien
     assert {s.labels["partition"] for s in lag} == {"0", "1", "2", "3"}
     assert all(s.value >= 0 for s in lag)
     assert value("soma_usage_windows_closed", "soma_usage_windows_closed_total", size="hour") >= 1
+    assert value("soma_events_failed", "soma_events_failed_total", agent="usage", topic=USAGE_EVENTS.name) >= 1
+    assert value("soma_dlq_messages", "soma_dlq_messages_total", agent="usage", topic=USAGE_EVENTS.dlq,
+                 error_class="DecodeError") >= 1
 
 
 async def test_idle_tenant_windows_close_by_the_wall_clock(
