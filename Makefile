@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
 
-.PHONY: dev test bench bench-locks bench-conversation lint unit integration install clean
+.PHONY: dev test bench bench-locks bench-conversation bench-usage lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
 ## Benchmarks (not part of `make test`), each comparing side by side in one run.
-bench: bench-locks bench-conversation
+bench: bench-locks bench-conversation bench-usage
 
 bench-locks: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
@@ -48,5 +48,16 @@ bench-locks: $(STAMP)
 bench-conversation: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_conversation
 
+## Usage benchmark: our usage agent vs a naive Faust agent vs a Quix Streams pipeline, one run.
+## Quix Streams pins pydantic<2.14 (the project needs >=2.14), so it gets its own virtualenv.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: tests/perf/requirements-quix.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r tests/perf/requirements-quix.txt
+	touch $@
+
+bench-usage: $(STAMP) $(BENCH_VENV)/.installed
+	$(BIN)/python -m tests.perf.bench_usage
+
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(BENCH_VENV) data .pytest_cache .ruff_cache .mypy_cache

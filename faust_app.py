@@ -125,6 +125,59 @@ class Settings(BaseModel):
         None, alias="SOMA_PRICES_FILE",
         description="JSON or TOML file of model prices (USD per 1M tokens) laid over the shipped price table.",
     )
+    budgets_file: Path | None = Field(
+        None, alias="SOMA_BUDGETS_FILE",
+        description="JSON or TOML file of per-tenant budgets (monthly_usd, daily_usd) and alert thresholds.",
+    )
+    budget_monthly_usd: float | None = Field(
+        None, alias="SOMA_BUDGET_MONTHLY_USD", gt=0,
+        description="Monthly budget in USD of every tenant the budgets file does not name (unset: none).",
+    )
+    budget_daily_usd: float | None = Field(
+        None, alias="SOMA_BUDGET_DAILY_USD", gt=0,
+        description="Daily budget in USD of every tenant the budgets file does not name (unset: none).",
+    )
+    budget_thresholds: list[float] = Field(
+        default_factory=lambda: [0.8, 1.0], alias="SOMA_BUDGET_THRESHOLDS",
+        description="Comma-separated shares of a budget that raise an alert (each once per period).",
+    )
+    usage_grace_seconds: int = Field(
+        300, alias="SOMA_USAGE_GRACE_SECONDS", ge=0, le=86_400,
+        description="How long after a window's end late usage events are still counted in it.",
+    )
+    usage_idle_close_seconds: float = Field(
+        60.0, alias="SOMA_USAGE_IDLE_CLOSE_SECONDS", ge=0,
+        description="A tenant silent this long has its event-time clock moved to the wall clock, closing "
+        "its due windows (0: only newer events close windows).",
+    )
+    usage_max_future_seconds: int = Field(
+        300, alias="SOMA_USAGE_MAX_FUTURE_SECONDS", ge=0,
+        description="Usage events dated further ahead of the worker's clock go to the DLQ.",
+    )
+    usage_tick_seconds: float = Field(
+        5.0, alias="SOMA_USAGE_TICK_SECONDS", gt=0, le=300,
+        description="How often the usage agent looks for windows to close when no events arrive.",
+    )
+    forecast_confidence: float = Field(
+        0.9, alias="SOMA_FORECAST_CONFIDENCE", gt=0, lt=1,
+        description="Confidence of the forecast prediction intervals.",
+    )
+    forecast_history_hours: int = Field(
+        336, alias="SOMA_FORECAST_HISTORY_HOURS", ge=3, le=8_784,
+        description="Most closed hours of a tenant's history the forecast fits (14 days).",
+    )
+    metrics_max_tenants: int = Field(
+        50, alias="SOMA_METRICS_MAX_TENANTS", ge=0, le=10_000,
+        description="Most tenant label values a worker exports to Prometheus; later tenants are 'other'.",
+    )
+    web_bind: str = Field(
+        "127.0.0.1", alias="SOMA_WEB_BIND",
+        description="Address the worker's HTTP port binds to (0.0.0.0 in containers, so Prometheus can scrape it).",
+    )
+    metrics_max_models: int = Field(
+        20, alias="SOMA_METRICS_MAX_MODELS", ge=0, le=1_000,
+        description="Most model label values a worker exports to Prometheus; later models are 'other'.",
+    )
 
     # -- conversation turns and the LLM ---------------------------------------------------------------
     openai_base_url: str | None = Field(
@@ -212,7 +265,14 @@ class Settings(BaseModel):
         "'allow' (answered, events marked training_mode=true).",
     )
 
-    _split = field_validator("admin_roles", "admin_users", mode="before")(_split_csv)
+    _split = field_validator("admin_roles", "admin_users", "budget_thresholds", mode="before")(_split_csv)
+
+    @field_validator("budget_thresholds")
+    @classmethod
+    def _thresholds_positive(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < share <= 10 for share in value):
+            raise ValueError("expected shares of the budget such as 0.8,1.0 (each above 0, at most 10)")
+        return sorted(set(value))
 
     @field_validator("lock_max_ttl_seconds")
     @classmethod
@@ -299,7 +359,7 @@ app = faust.App(
     broker_heartbeat_interval=1,
     web_enabled=settings.web_enabled,
     web_port=settings.web_port,
-    web_bind="127.0.0.1",
+    web_bind=settings.web_bind,
     producer_linger_ms=5,
 )
 

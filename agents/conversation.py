@@ -46,6 +46,7 @@ from schemas import ConversationTurn, LockState, SchemaError, TurnEvent, UsageEv
 from schemas.conversation import TokenUsage
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.metrics import track_breaker
 from streams.views import TopicView
 
 __all__ = ["TurnRefused", "build_messages", "history_key", "trim_history"]
@@ -120,9 +121,9 @@ class _ConversationState:
 
     @classmethod
     def create(cls, settings: Any) -> _ConversationState:
-        breaker = CircuitBreaker(
+        breaker = track_breaker(CircuitBreaker(
             "llm", failure_threshold=settings.llm_circuit_failures, reset_timeout=settings.llm_circuit_reset_seconds
-        )
+        ))
         client = ChatClient(
             settings.llm_base_url, settings.openai_api_key, settings.openai_model,
             timeout=settings.llm_timeout_seconds, max_retries=settings.llm_max_retries, breaker=breaker,

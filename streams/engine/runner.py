@@ -26,6 +26,7 @@ from streams.engine.outbox import Outbox
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
 from streams.kafka import consumer_factory
+from streams.metrics import AgentMetrics
 
 __all__ = ["AgentRunner", "AgentSpec"]
 
@@ -94,6 +95,7 @@ class AgentRunner:
         self._stopping = False
         tick = spec.tick_seconds
         self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
+        self.metrics = AgentMetrics(self)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -111,6 +113,7 @@ class AgentRunner:
                 raise
             except Exception:
                 self.restarts += 1
+                self.metrics.restarted()
                 logger.exception("agent %s crashed (restart %d in %.0f s)", self.name, self.restarts, backoff)
             finally:
                 await self._cleanup()
@@ -173,6 +176,7 @@ class AgentRunner:
                 self._next_tick = time.monotonic() + tick
                 batch.tick = True
             if batch.records or batch.failed or tick_due:
+                self.metrics.batch_started(batch)
                 return batch
             self._in_batch = False
             self._lock.release()
@@ -209,6 +213,7 @@ class AgentRunner:
     def dead_letter(self, record: Record[Any], error: BaseException, attempts: int) -> None:
         headers, letter = dead_letter_message(record, error, self.name, attempts)
         self.dead_lettered += 1
+        self.metrics.dead_lettered(letter.error_class)
         logger.warning(
             "agent %s: %s[%d]@%d to DLQ: %s: %s", self.name, record.topic, record.partition, record.offset,
             letter.error_class, letter.error_message,
@@ -240,6 +245,7 @@ class AgentRunner:
                 if held is not None:
                     held.discard(offset)
             await self._commit()
+            self.metrics.batch_finished()
         finally:
             self._in_batch = False
             self._lock.release()

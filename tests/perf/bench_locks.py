@@ -37,31 +37,40 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from agents.locks import LockPolicy, LockRecord, decide, rejected_key
 from connectors.broker import free_port
 from faust_app import settings as soma_settings
 from schemas import LockCommand, LockState, decode_event, encode_event
-from streams.catalog import LOCK_COMMANDS, LOCK_STATE, all_topics, ensure_topics
+from streams.catalog import LOCK_COMMANDS, LOCK_STATE, all_topics
+from tests.perf.common import (
+    PARTITIONS,
+    BenchError,
+    Profiler,
+    create_topics,
+    measure,
+    preload,
+    summarize_profile,
+)
+from tests.perf.common import fmt_cpu as _fmt_cpu
+from tests.perf.common import positive as _positive
+from tests.perf.common import raise_interrupt as _raise_interrupt
+from tests.perf.common import terminate as _terminate
 from tests.support.stack import (
     REPO_ROOT,
     Consumed,
-    TopicReader,
     WorkerProcess,
-    produce_raw,
     start_broker,
     start_redis_server,
 )
 
-PARTITIONS = 4
 TARGET_RATIO = 5.0
 NAIVE_INPUT = "naive.lock.commands"
 NAIVE_OUTPUT = "naive.lock.state"
@@ -72,10 +81,6 @@ NON_ADMINS = [("carol", ["viewer"]), ("erin", ["ml-engineer"])]
 #: yields exactly one state event in both implementations.
 ENABLE_TTLS = [None, 3600, 7200, 86_400]
 EXTEND_TTLS = [None, 3600, 86_400]
-
-
-class BenchError(Exception):
-    """The benchmark could not complete (a process died, a timeout, a broker problem)."""
 
 
 # -- workload -----------------------------------------------------------------------------------------
@@ -243,7 +248,8 @@ class NaiveWorker:
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", "tests.perf.naive_locks_app", "worker", "-l", "warn"],
+                [sys.executable, "-m", "faust", "-A", "tests.perf.naive_locks_app", "worker", "-l", "warn",
+                 "--without-web"],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         return self
@@ -255,98 +261,6 @@ class NaiveWorker:
 
     def stop(self) -> None:
         _terminate(self.process)
-
-
-def _terminate(process: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def _cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), None when unknown."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Profiler:
-    """py-spy on a worker while it processes (idle frames included), stopped with SIGINT."""
-
-    def __init__(self, pid: int, output: Path) -> None:
-        self.pid = pid
-        self.output = output
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        self.process = subprocess.Popen(
-            [binary, "record", "-p", str(self.pid), "--idle", "--nonblocking", "-r", "100", "-f", "raw",
-             "-o", str(self.output)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-def summarize_profile(path: Path, top: int = 15) -> str:
-    """Self time (leaf frames) and our functions' inclusive time on the main thread of a py-spy raw profile.
-
-    The main thread runs the event loop the agent lives on; other threads (Faust's consumer thread of
-    the ``soma`` app, which idles in ``select``) are counted but not broken down.
-    """
-    if not path.exists():
-        return f"  (no profile written at {path})"
-    leaves: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    main = other = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_frame_name(frame) for frame in stack.split(";")]
-        if frames[0].startswith("Thread._bootstrap"):
-            other += count
-            continue
-        main += count
-        leaves[frames[-1]] += count
-        for frame in set(frames):
-            if any(part in frame for part in ("(agents/", "(streams/", "(schemas/", "(connectors/")):
-                inclusive[frame] += count
-    if not main:
-        return "  (no samples of the main thread)"
-    idle = sum(n for frame, n in leaves.items() if frame.startswith(("EpollSelector.select", "select ")))
-    lines = [f"  main thread: {main} samples, {100 * idle / main:.0f}% idle in select "
-             f"(other threads: {other} samples, not shown); top leaf frames (self time):"]
-    lines += [f"    {100 * n / main:5.1f}%  {frame}" for frame, n in leaves.most_common(top)]
-    lines.append("  our functions (inclusive time):")
-    lines += [f"    {100 * n / main:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
-    return "\n".join(lines)
-
-
-def _frame_name(frame: str) -> str:
-    """``func (file.py:123)`` -> ``func (file.py)``: aggregate by function, not by line."""
-    name, _, location = frame.partition(" (")
-    return f"{name} ({location.rsplit(':', 1)[0].rstrip(')')})" if location else name
 
 
 # -- one contestant -----------------------------------------------------------------------------------
@@ -375,101 +289,6 @@ class Result:
         return (high - low) / window if window > 0 else float("inf")
 
 
-async def create_topics(bootstrap: str, topics: list[NewTopic]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await ensure_topics(admin, topics)
-    finally:
-        await admin.close()
-
-
-async def preload(bootstrap: str, topic: str, workload: Workload) -> None:
-    """Write the whole workload to the input topic and check it is all there.
-
-    Counted by reading it back: the embedded broker's ListOffsets answers the base offset of the last
-    record batch + 1, not the high watermark, so ``end_offsets`` undercounts there.
-    """
-    await produce_raw(bootstrap, topic, workload.messages)
-    reader = await TopicReader(bootstrap, topic).start()
-    try:
-        assert reader.consumer is not None
-        partitions = len(reader.consumer.assignment())
-        deadline = time.monotonic() + 60
-        while len(reader.seen) < len(workload.messages) and time.monotonic() < deadline:
-            await reader.poll(timeout_ms=500)
-    finally:
-        await reader.stop()
-    if partitions != PARTITIONS:
-        raise BenchError(f"{topic} has {partitions} partitions, expected {PARTITIONS}")
-    if len(reader.seen) != len(workload.messages):
-        raise BenchError(f"{topic} holds {len(reader.seen)} records after producing {len(workload.messages)}")
-
-
-async def measure(
-    bootstrap: str, topic: str, expected: int, process: subprocess.Popen[bytes],
-    timeout: float, stall_timeout: float, tail_log: Callable[[], str], broker_pid: int | None,
-    profiler: Profiler | None,
-) -> tuple[list[Consumed], dict[str, float | None]]:
-    """Wait for ``expected`` records on the output topic, then read them all."""
-    reader = await TopicReader(bootstrap, topic).start()
-    try:
-        assert reader.consumer is not None
-        last_progress, last_total, last_report = time.monotonic(), 0, time.monotonic()
-        deadline = time.monotonic() + timeout
-        samples: list[tuple[float, float | None, float | None]] = []
-        while True:
-            if process.poll() is not None:
-                raise BenchError(f"worker exited with {process.returncode} before finishing:\n{tail_log()}")
-            # Reading as we go (not end_offsets, which the embedded broker gets wrong) costs this
-            # process a little CPU; a 200 ms poll keeps the fetches few and large.
-            await reader.poll(timeout_ms=200)
-            total = len(reader.seen)
-            samples.append((time.time(), _cpu_seconds(process.pid), _cpu_seconds(broker_pid)))
-            now = time.monotonic()
-            if total and not last_total and profiler is not None:
-                profiler.start()
-            if total != last_total:
-                last_total, last_progress = total, now
-            if total >= expected:
-                break
-            if now > deadline:
-                raise BenchError(f"timeout: {total} of {expected} outputs after {timeout:.0f} s:\n{tail_log()}")
-            if total and now - last_progress > stall_timeout:
-                raise BenchError(f"stalled: {total} of {expected} outputs, none for {stall_timeout:.0f} s:\n"
-                                 f"{tail_log()}")
-            if now - last_report >= 5:
-                print(f"    ... {total}/{expected} outputs", flush=True)
-                last_report = now
-            await asyncio.sleep(0.2)
-        if profiler is not None:
-            profiler.stop()
-        # Anything beyond the expected count (there should be nothing) shows up in the check.
-        await asyncio.sleep(1.0)
-        await reader.poll(timeout_ms=500)
-    finally:
-        await reader.stop()
-    outputs = reader.seen
-    first = min(record.timestamp for record in outputs) / 1000
-    last = max(record.timestamp for record in outputs) / 1000
-    cpu = {
-        "worker": _cpu_share(samples, first, last, 1),
-        "broker": _cpu_share(samples, first, last, 2),
-    }
-    return outputs, cpu
-
-
-def _cpu_share(samples: list[tuple[float, float | None, float | None]], start: float, end: float,
-               index: int) -> float | None:
-    """CPU used by a process between two wall-clock times, as a share of one core."""
-    inside = [s for s in samples if s[index] is not None and start - 0.2 <= s[0] <= end + 0.2]
-    if len(inside) < 2:
-        return None
-    first, last = inside[0], inside[-1]
-    used = float(last[index] or 0) - float(first[index] or 0)
-    return used / (last[0] - first[0]) if last[0] > first[0] else None
-
-
 def run_contestant(name: str, workload: Workload, args: argparse.Namespace, workdir: Path) -> Result:
     events = len(workload.commands)
     contestant_dir = workdir / name
@@ -489,7 +308,7 @@ def run_contestant(name: str, workload: Workload, args: argparse.Namespace, work
             topics = [NewTopic(in_topic, PARTITIONS, 1), NewTopic(out_topic, PARTITIONS, 1)]
         asyncio.run(create_topics(bootstrap, topics))
         print(f"  [{name}] broker {bootstrap}; producing {events} commands to {in_topic} ...", flush=True)
-        asyncio.run(preload(bootstrap, in_topic, workload))
+        asyncio.run(preload(bootstrap, in_topic, workload.messages))
 
         worker: WorkerProcess | NaiveWorker
         if name == "ours":
@@ -609,17 +428,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _fmt_cpu(value: float | None) -> str:
-    return "?" if value is None else f"{100 * value:.0f}%"
-
-
 def report(results: dict[str, Result]) -> None:
     print()
     print(f"{'implementation':<16}{'events':>9}{'seconds':>10}{'events/s':>11}{'ratio':>8}"
@@ -718,10 +526,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not failed and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
