@@ -102,7 +102,7 @@ async def stream_events(url: str, token: str, *, last_event_id: str | None = Non
                         elif item.event in ("cut", "error"):
                             logger.info("bridge ended the stream (%s); resuming", item.data)
                             break
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 failures += 1
                 logger.info("stream dropped (%s); resuming from %s", exc, last_event_id)
             await asyncio.sleep(min(max_retry_delay, retry * (1 if failures < 2 else failures)))

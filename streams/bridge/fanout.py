@@ -165,6 +165,7 @@ class FanOut:
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
         self.last_fetch = 0.0
+        self._slice = max(1, min(256, settings.bridge_client_buffer // 2))
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -250,7 +251,13 @@ class FanOut:
             self.healthy = True
             self.last_fetch = time.monotonic()
             for tp, records in fetched.items():
-                self._dispatch(self.specs[tp.topic], tp.partition, records)
+                spec = self.specs[tp.topic]
+                # In slices, letting the writers run in between: a burst larger than a client's buffer
+                # is not mistaken for a client that fell behind. Live positions move with each record,
+                # so subscribe() sees a consistent state at every slice boundary.
+                for start in range(0, len(records), self._slice):
+                    self._dispatch(spec, tp.partition, records[start:start + self._slice])
+                    await asyncio.sleep(0)
 
     def _dispatch(self, spec: TopicSpec, partition: int, records: list[Any]) -> None:
         """Hand out one partition's records. Runs without awaiting: subscribe() sees a consistent state."""
