@@ -61,6 +61,7 @@ FANOUT = web.AppKey("fanout", FanOut)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 METRICS = web.AppKey("metrics", BridgeMetrics)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+LAG_TASK = web.AppKey("lag_task", asyncio.Task)
 
 
 # -- auth, errors, CORS ----------------------------------------------------------------------------------
@@ -333,6 +334,15 @@ def create_app(settings: Settings) -> web.Application:
 async def _start(app: web.Application) -> None:
     await app[FANOUT].start()
     await app[PRODUCER].start()
+    app[LAG_TASK] = asyncio.create_task(_watch_loop_lag(app[METRICS]), name="bridge-loop-lag")
+
+
+async def _watch_loop_lag(metrics: BridgeMetrics, interval: float = 0.1) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        metrics.loop_lag_seconds.observe(max(0.0, loop.time() - due))
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -344,5 +354,6 @@ async def _shutdown(app: web.Application) -> None:
 
 
 async def _cleanup(app: web.Application) -> None:
+    app[LAG_TASK].cancel()
     await app[FANOUT].stop()
     await app[PRODUCER].stop()

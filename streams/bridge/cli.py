@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import signal
+import time
 from typing import Any
 
 import click
@@ -33,11 +35,26 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def _log_slow_collections(threshold: float = 0.05) -> None:
+    """Log garbage collections that stall the event loop (every client waits behind them)."""
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif (elapsed := time.perf_counter() - started[0]) > threshold:
+            logger.warning("gc generation %d took %.0f ms (%d collected)", info["generation"], elapsed * 1000,
+                           info["collected"])
+
+    gc.callbacks.append(callback)
+
+
 async def serve(host: str, port: int) -> None:
     """Run the bridge until SIGTERM or SIGINT; then tell clients to reconnect elsewhere and stop."""
     from streams.bridge.app import create_app
 
     limit = raise_open_files_limit()
+    _log_slow_collections()
     try:
         app = create_app(settings)
     except ValueError as exc:

@@ -27,6 +27,10 @@ class BridgeMetrics:
                                      "or authorisation (403).", ["status"], registry=r)
         self.turns_posted = Counter("soma_bridge_turns_posted", "Conversation turns accepted by POST /v1/turns.",
                                     registry=r)
+        self.loop_lag_seconds = Histogram(
+            "soma_bridge_loop_lag_seconds", "How late the event loop ran a timer (sampled every 100 ms): time every "
+            "client waits behind other work.", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r)
         self.delivery_seconds = Histogram(
             "soma_bridge_delivery_seconds", "Time from the reader handing a record out to its write to a client.",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
