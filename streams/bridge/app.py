@@ -231,8 +231,8 @@ async def _stream(request: web.Request, topic: str, key: str | None) -> web.Stre
         logger.info("closing a client whose writes block")
         if request.transport is not None:
             request.transport.close()
-    except (ConnectionError, asyncio.CancelledError):
-        pass  # the client went away
+    except ConnectionError:
+        pass  # the client went away (a cancelled handler — also a client gone — propagates after cleanup)
     finally:
         fanout.unsubscribe(subscriber)
         metrics.clients.dec()
