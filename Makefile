@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
 
-.PHONY: dev test bench bench-locks bench-conversation bench-usage lint unit integration install clean
+.PHONY: dev test bench bench-locks bench-conversation bench-usage bench-bridge browser-deps lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/soma dev
 
+## Headless Chromium for the bridge's browser tests (Debian package; installed when missing).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ echo "installing chromium (apt-get)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 ## Lint, type-check and run every test (unit + integration against real broker, Redis, worker).
-test: $(STAMP) lint
+test: $(STAMP) browser-deps lint
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 lint: $(STAMP)
@@ -36,11 +41,11 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
 ## Benchmarks (not part of `make test`), each comparing side by side in one run.
-bench: bench-locks bench-conversation bench-usage
+bench: bench-locks bench-conversation bench-usage bench-bridge
 
 bench-locks: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
@@ -58,6 +63,9 @@ $(BENCH_VENV)/.installed: tests/perf/requirements-quix.txt
 
 bench-usage: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python -m tests.perf.bench_usage
+
+bench-bridge: $(STAMP)
+	$(BIN)/python -m tests.perf.bench_bridge
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) data .pytest_cache .ruff_cache .mypy_cache
