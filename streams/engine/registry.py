@@ -28,19 +28,21 @@ def agent(
     on_invalid: InvalidHandler | None = None,
     on_assigned: AssignedHook | None = None,
     tick_seconds: float | Callable[[Any], float] | None = None,
+    max_records: int | Callable[[Any], int] | None = None,
 ) -> Callable[[F], F]:
     """Register an async function over a :class:`BatchStream` as an agent on ``topic``.
 
     ``on_invalid`` is called for records that fail decoding or validation (after they are
     dead-lettered) so the agent can answer the requester; ``tick_seconds`` makes the stream yield a
     batch at least that often, empty if nothing arrived, for timers such as lock expiry; it may be a
-    function of the settings.
+    function of the settings. ``max_records`` caps the records of one batch (default
+    ``SOMA_BATCH_MAX_RECORDS``), for agents whose records are costly (a batch is the unit of commit).
     """
 
     def register(fn: F) -> F:
         if name in _AGENTS and _AGENTS[name].fn is not fn:
             raise ValueError(f"an agent named {name!r} is already registered")
-        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds)
+        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds, max_records)
         return fn
 
     return register
