@@ -198,6 +198,7 @@ async def _embed(works: list[_Work], memory: Memory) -> None:
     if not pending:
         return
     texts = [text for work in pending for text in work.plan.texts]
+    started = time.perf_counter()
     try:
         embeddings = await memory.embedder.embed(texts)
     except EmbeddingsRequestError as exc:
@@ -216,6 +217,9 @@ async def _embed(works: list[_Work], memory: Memory) -> None:
         for work in pending:
             work.error = exc
         return
+    batch_size = memory.embedder.batch_size
+    logger.info("embedded %d texts of %d jobs in %d model batches of up to %d in %.0f ms", len(texts), len(pending),
+                -(-len(texts) // batch_size), batch_size, (time.perf_counter() - started) * 1000)
     offset = 0
     for work in pending:
         _take(work, embeddings, offset)

@@ -340,7 +340,7 @@ class OpenAIEmbedder:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             wait=wait_retry_after(
-                wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
+                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
                                         jitter=self.backoff_initial),
                 cap=self.max_retry_after,
             ),

@@ -216,7 +216,7 @@ class VectorStore:
     async def _with_retries(self, what: str, operation: Callable[[QdrantClient], T], collection: str | None) -> T:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
+            wait=wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
                                          jitter=self.backoff_initial),
             retry=retry_if_exception(is_transient),
             before_sleep=self._log_retry,
