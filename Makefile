@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench lint unit integration install clean
+.PHONY: dev test bench bench-embeddings lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ integration: $(STAMP)
 ## Benchmarks (not part of `make test`): our agent vs a naive Faust agent, side by side.
 bench: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
+
+## Embedding pipeline texts/s against the bare model's batched throughput, in one run (target ratio >= 0.9).
+bench-embeddings: $(STAMP)
+	$(BIN)/python -m tests.perf.bench_embeddings
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

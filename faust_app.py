@@ -175,7 +175,7 @@ class Settings(BaseModel):
     qdrant_api_key: str | None = Field(None, alias="QDRANT_API_KEY", description="API key of the Qdrant server.")
     qdrant_timeout_seconds: float = Field(
         10.0, alias="SOMA_QDRANT_TIMEOUT_SECONDS", gt=0, le=600,
-        description="Timeout of one Qdrant call; failed calls are retried 3 times with backoff.",
+        description="Timeout of one Qdrant call; a failing call is tried 3 times in all, with backoff.",
     )
 
     @field_validator("embeddings_chunk_overlap")

@@ -157,6 +157,8 @@ async def embedding_agent(stream: BatchStream[EmbeddingJob]) -> None:
     state = _agent_state(stream.settings)
     async for batch in stream:
         await process_batch(batch, state)
+    # A normal stop (worker shutdown): release Qdrant local mode's lock now, not in a destructor at exit.
+    await state.memory.close()
 
 
 async def process_batch(batch: Batch[EmbeddingJob], state: _AgentState) -> None:
