@@ -119,7 +119,13 @@ async def _warm_up(memory: Memory) -> None:
 
 
 async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
-    state = _agent_state(runner.settings)
+    try:
+        state = _agent_state(runner.settings)
+    except Exception as exc:
+        # A misconfiguration (e.g. the local model is not installed): the agent itself raises it on its
+        # first batch and is restarted with a backoff; jobs wait in the topic until it is fixed.
+        logger.error("embedding agent cannot start: %s", failure_reason(exc))
+        return
     if state.warmup is None:
         state.warmup = asyncio.create_task(_warm_up(state.memory), name="embeddings-warmup")
 
