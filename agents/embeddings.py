@@ -172,12 +172,14 @@ async def process_batch(batch: Batch[EmbeddingJob], state: _AgentState) -> None:
     seen = batch.table("seen")
     memory = state.memory
     works: list[_Work] = []
+    taken: set[str] = set()  # a job sent twice may arrive twice in one batch
     for record in batch:
         job = record.event
-        if seen.get(job.event_id, record.partition) is not None:
+        if job.event_id in taken or seen.get(job.event_id, record.partition) is not None:
             state.duplicates += 1
             logger.info("duplicate embedding job %s ignored", job.event_id)
             continue
+        taken.add(job.event_id)
         try:
             plan = memory.plan(job)
         except Exception as exc:

@@ -257,9 +257,9 @@ async def test_duplicate_job_is_answered_once(client: EmbeddingClient) -> None:
     tenant = tenant_id()
     job = {"event_id": str(uuid.uuid4()), "tenant": tenant, "job": "upsert", "collection": "notes",
            "documents": DOCUMENTS[:1]}
-    await client.send(job)
+    await client.send(job, job)  # twice in one produce: most likely one batch
     first = await client.result(job["event_id"])
-    await client.send(job)
+    await client.send(job)  # and again later
     marker = await client.ask({"tenant": tenant, "job": "search", "collection": "notes", "query": "cats"})
 
     assert first.status == "ok" and marker.status == "ok"
