@@ -25,6 +25,9 @@ is the time from the moment the worker took the job's batch to its result. Failu
 the embeddings endpoint are retried by the connectors (with backoff and a circuit breaker); a job that
 still fails is answered ``failed`` and dead-lettered, so it can be re-driven from the DLQ.
 
+The local model is loaded by the first job that needs it (about 10 s, once per process, mostly
+importing torch) rather than at worker start: a worker that never embeds never pays for torch.
+
 Duplicates: a job whose ``event_id`` succeeded before is skipped without a second answer (a table of
 seen ids per partition, kept ``SOMA_DEDUPE_TTL_SECONDS``). Failed jobs are not remembered, so a job
 re-driven from the DLQ with its original id runs again.
@@ -32,7 +35,6 @@ re-driven from the DLQ with its original id runs again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -41,7 +43,6 @@ from typing import Any
 
 from agents.exceptions import JobRejected
 from agents.memory import JobPlan, Memory, shared_memory
-from connectors.embeddings import LocalEmbedder
 from connectors.exceptions import ConnectorError, EmbeddingsRequestError
 from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by
 from streams.catalog import EMBEDDING_JOBS, EMBEDDING_RESULTS, USAGE_EVENTS
@@ -81,7 +82,6 @@ class _AgentState:
         self.dedupe_ttl_ms = settings.dedupe_ttl_seconds * 1000
         self.next_sweep_ms = 0
         self.duplicates = 0
-        self.warmup: asyncio.Task[None] | None = None
 
 
 _state: _AgentState | None = None
@@ -103,31 +103,13 @@ def failure_reason(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-async def _warm_up(memory: Memory) -> None:
-    """Load the local model and open local Qdrant before the first job needs them (~10 s of imports)."""
-    started = time.perf_counter()
-    try:
-        if isinstance(memory.embedder, LocalEmbedder):
-            await memory.embedder.ensure_loaded()
-        if memory.store.local:
-            await memory.store.health()
-    except Exception as exc:  # the jobs will report it; warming up is only an optimisation
-        logger.warning("embedding agent warm-up failed: %s", failure_reason(exc))
-        return
-    logger.info("embedding agent warmed up in %.1f s (%s, Qdrant %s)", time.perf_counter() - started,
-                memory.embedder, memory.store.location)
-
-
 async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
     try:
-        state = _agent_state(runner.settings)
+        _agent_state(runner.settings)
     except Exception as exc:
         # A misconfiguration (e.g. the local model is not installed): the agent itself raises it on its
         # first batch and is restarted with a backoff; jobs wait in the topic until it is fixed.
         logger.error("embedding agent cannot start: %s", failure_reason(exc))
-        return
-    if state.warmup is None:
-        state.warmup = asyncio.create_task(_warm_up(state.memory), name="embeddings-warmup")
 
 
 def _reply_invalid(batch: Batch[EmbeddingJob], record: Record[EmbeddingJob], error: SchemaError) -> None:
