@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from agents.exceptions import TurnRefused
 from agents.pricing import PriceTable
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatMessage, ChatResult
@@ -58,10 +59,6 @@ _DEDUPE_SWEEP_MS = 60_000
 #: How often the stream yields an empty batch, so that turns finished between records are made durable
 #: and committed promptly.
 _TICK_SECONDS = 0.05
-
-
-class TurnRefused(Exception):
-    """A turn that is not answered by policy or limit (not a dependency failure): the reason says why."""
 
 
 def history_key(turn: ConversationTurn) -> str:

@@ -75,3 +75,57 @@ __all__ += [
     "ModelServerError",
     "TokenCountUnavailable",
 ]
+
+
+class EmbeddingsError(ConnectorError):
+    """Base of the errors of the embedding backends."""
+
+
+class EmbeddingsUnavailable(EmbeddingsError, DependencyUnavailable):
+    """The embeddings endpoint did not answer (connection refused, timeouts, 429, 5xx) after its retries,
+    or answered with something that is not one vector per text."""
+
+
+class EmbeddingsRequestError(EmbeddingsError):
+    """The embeddings endpoint rejected the request itself (4xx other than 408/409/429)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class EmbeddingModelError(EmbeddingsError):
+    """The local embedding model cannot be loaded (package missing, not a model directory)."""
+
+
+class VectorStoreError(ConnectorError):
+    """Base of the errors of the vector store (Qdrant)."""
+
+
+class VectorStoreUnavailable(VectorStoreError, DependencyUnavailable):
+    """Qdrant did not answer (connection refused, timeouts, 5xx) after its retries."""
+
+
+class VectorStoreRequestError(VectorStoreError):
+    """Qdrant rejected the request (a malformed filter, a wrong vector size, ...)."""
+
+
+class CollectionNotFound(VectorStoreError):
+    """The collection does not exist (searching or deleting in a collection nothing was added to)."""
+
+
+class CollectionMismatch(VectorStoreError):
+    """The collection exists with vectors of another size than the embedding model makes."""
+
+
+__all__ += [
+    "CollectionMismatch",
+    "CollectionNotFound",
+    "EmbeddingModelError",
+    "EmbeddingsError",
+    "EmbeddingsRequestError",
+    "EmbeddingsUnavailable",
+    "VectorStoreError",
+    "VectorStoreRequestError",
+    "VectorStoreUnavailable",
+]

