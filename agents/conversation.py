@@ -6,7 +6,9 @@ For each ConversationTurn on ``soma.conversation.turns`` (keyed by session) the 
 2. refuses it (``failed`` event + DLQ) when the prompt is longer than ``SOMA_TURN_MAX_PROMPT_CHARS`` or
    when the tenant's training lock is active and ``SOMA_TRAINING_MODE_POLICY=reject``;
 3. publishes ``started``, builds the prompt from the session's history (the ``history`` table, bounded
-   by ``SOMA_HISTORY_MAX_TURNS`` and ``SOMA_HISTORY_MAX_TOKENS``) and streams the completion, publishing
+   by ``SOMA_HISTORY_MAX_TURNS`` and ``SOMA_HISTORY_MAX_TOKENS``) and, when the turn asks for ``memory``,
+   the tenant's most relevant chunks of that embedding collection (``agents.memory.retrieve``; they are
+   listed as ``sources`` of the answer), and streams the completion, publishing
    ``chunk`` events as text arrives — the first delta at once, later ones coalesced (a chunk at most
    every ``SOMA_CHUNK_INTERVAL_MS`` or ``SOMA_CHUNK_MAX_DELTAS`` deltas) so consumers aren't flooded;
 4. publishes ``completed`` (full text, finish reason, usage, cost, TTFT, latency) and one UsageEvent,
@@ -39,18 +41,19 @@ from typing import Any
 from urllib.parse import urlparse
 
 from agents.exceptions import TurnRefused
+from agents.memory import retrieve
 from agents.pricing import PriceTable
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatMessage, ChatResult
 from connectors.model_server import prompt_renderer_for_model
-from schemas import ConversationTurn, LockState, SchemaError, TurnEvent, UsageEvent, caused_by
+from schemas import ConversationTurn, Hit, LockState, SchemaError, Source, TurnEvent, UsageEvent, caused_by
 from schemas.conversation import TokenUsage
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
 from streams.metrics import track_breaker
 from streams.views import TopicView
 
-__all__ = ["TurnRefused", "build_messages", "history_key", "trim_history"]
+__all__ = ["build_messages", "history_key", "memory_prompt", "trim_history"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,15 @@ def build_messages(system_prompt: str | None, history: list[dict[str, Any]], pro
         messages.append({"role": "assistant", "content": entry["assistant"]})
     messages.append({"role": "user", "content": prompt})
     return messages
+
+
+def memory_prompt(system_prompt: str | None, hits: list[Hit]) -> str | None:
+    """The system message with the retrieved memories, most relevant first (None when there is nothing)."""
+    if not hits:
+        return system_prompt
+    notes = "\n".join(f"- {hit.text.strip()}" for hit in hits if hit.text)
+    memory = f"Relevant notes from this tenant's documents:\n{notes}"
+    return f"{system_prompt}\n\n{memory}" if system_prompt else memory
 
 
 def _lock_is_current(key: str, state: LockState) -> bool:
@@ -313,7 +325,14 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     history_table = batch.table("history")
     stored: list[dict[str, Any]] = history_table.get(history_key(turn), record.partition, [])
     history = trim_history(stored, settings.history_max_turns, settings.history_max_tokens)
-    messages = build_messages(settings.system_prompt, history, turn.prompt)
+    sources: list[Source] = []
+    system_prompt = settings.system_prompt
+    if turn.memory is not None:
+        hits = await retrieve(turn.tenant, turn.memory.collection, turn.prompt, turn.memory.top_k)
+        system_prompt = memory_prompt(settings.system_prompt, hits)
+        sources = [Source(collection=turn.memory.collection, doc_id=hit.doc_id, chunk=hit.chunk, score=hit.score)
+                   for hit in hits]
+    messages = build_messages(system_prompt, history, turn.prompt)
     max_tokens = min(turn.max_tokens or settings.turn_default_max_tokens, settings.turn_max_tokens_cap)
 
     chunker = _Chunker(settings.chunk_interval_ms / 1000, settings.chunk_max_deltas)
@@ -341,7 +360,7 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     latency_ms = (time.perf_counter() - started) * 1000
     completed = _turn_event(
         turn, "completed", seq=chunker.sent, text=result.text, finish_reason=result.finish_reason, usage=usage,
-        cost_usd=cost, ttft_ms=result.ttft_ms, latency_ms=latency_ms, training_mode=training_mode,
+        cost_usd=cost, ttft_ms=result.ttft_ms, latency_ms=latency_ms, sources=sources, training_mode=training_mode,
     )
     acks = [await batch.publish(topic, key, completed)]
     if usage is not None:

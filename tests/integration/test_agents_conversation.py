@@ -195,3 +195,42 @@ async def test_training_mode_rejects_turns_while_the_lock_is_active(
     _, answered = await turns.ask(_turn(tenant, _session(), "Hello?"))
     assert answered.type == "completed", answered.error
     assert answered.training_mode is False
+
+
+MEMORY_DOCUMENTS = [
+    {"id": "vacation", "text": "Employees get 25 days of paid holiday each year; unused days expire in March.",
+     "metadata": {}},
+    {"id": "printer", "text": "The office printer on floor 2 needs toner cartridges of type HP 26A.", "metadata": {}},
+    {"id": "parking", "text": "Bicycles may be parked in the basement garage next to the elevators.", "metadata": {}},
+]
+
+
+async def test_a_turn_with_memory_gets_its_tenants_relevant_chunks_and_lists_them(
+    turns: TurnClient, tenant: str, conversation_stack: Stack,
+) -> None:
+    from tests.support.embedding_client import EmbeddingClient
+
+    embeddings = await EmbeddingClient(conversation_stack.bootstrap).start()
+    try:
+        stored = await embeddings.ask({"tenant": tenant, "job": "upsert", "collection": "handbook",
+                                       "documents": MEMORY_DOCUMENTS}, timeout=180)
+        assert stored.status == "ok", stored.error
+    finally:
+        await embeddings.stop()
+    question = "How much time off do I have per year?"  # shares no content word with the vacation document
+
+    turn, with_memory = await turns.ask(_turn(tenant, _session(), question,
+                                               memory={"collection": "handbook", "top_k": 2}))
+    _, without = await turns.ask(_turn(tenant, _session(), question))
+    _, other_tenant = await turns.ask(_turn(f"{tenant}-x", _session(), question,
+                                            memory={"collection": "handbook", "top_k": 2}))
+
+    assert with_memory.type == "completed", with_memory.error
+    assert with_memory.sources and with_memory.sources[0].doc_id == "vacation", with_memory.sources
+    assert len(with_memory.sources) == 2 and all(s.collection == "handbook" for s in with_memory.sources)
+    assert with_memory.sources[0].score > with_memory.sources[1].score
+    assert with_memory.usage is not None and without.usage is not None
+    assert with_memory.usage.input_tokens > without.usage.input_tokens + 20, "the chunks are in the prompt"
+    assert without.sources == []
+    assert other_tenant.type == "completed" and other_tenant.sources == [], "another tenant sees none of them"
+    assert [e.type for e in turns.answers(turn.event_id)][-1] == "completed"

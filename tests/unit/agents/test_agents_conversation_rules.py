@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from agents.conversation import _Chunker, build_messages, estimate_tokens, history_key, trim_history
-from schemas import ConversationTurn
+from agents.conversation import _Chunker, build_messages, estimate_tokens, history_key, memory_prompt, trim_history
+from schemas import ConversationTurn, Hit
 
 
 def _entry(user: str, assistant: str, tokens: int) -> dict[str, object]:
@@ -79,3 +79,15 @@ def test_a_zero_interval_sends_every_delta(interval: float) -> None:
     chunker = _Chunker(interval=interval, max_deltas=100)
     chunker.sent = 1
     assert chunker.add("x") == "x"
+
+
+def test_memories_join_the_system_prompt_in_order_of_relevance() -> None:
+    hits = [Hit(doc_id="a", chunk=0, score=0.9, text="first"), Hit(doc_id="b", chunk=1, score=0.5, text="second")]
+
+    prompt = memory_prompt("be brief", hits)
+
+    assert prompt is not None and prompt.startswith("be brief\n\n")
+    assert prompt.index("- first") < prompt.index("- second")
+    assert memory_prompt(None, hits) is not None and memory_prompt(None, hits).startswith("Relevant notes")  # type: ignore[union-attr]
+    assert memory_prompt("be brief", []) == "be brief"
+    assert memory_prompt(None, []) is None
