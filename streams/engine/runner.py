@@ -25,6 +25,7 @@ from streams.catalog import TopicSpec
 from streams.engine.outbox import Outbox
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
+from streams.exceptions import EventTooLarge
 from streams.kafka import consumer_factory
 
 __all__ = ["AgentRunner", "AgentSpec"]
@@ -180,6 +181,9 @@ class AgentRunner:
                 )
                 self._positions[tp] = message.offset + 1
                 try:
+                    if len(record.value) > self.settings.max_event_bytes:
+                        raise EventTooLarge(f"event of {len(record.value)} bytes is larger than "
+                                            f"SOMA_MAX_EVENT_BYTES ({self.settings.max_event_bytes})")
                     record.event = decode_event(record.value, model)
                 except SchemaError as exc:
                     batch.dead_letter(record, exc)
