@@ -8,10 +8,14 @@ explained once:
   watermark, so ``end_offsets`` undercounts whenever the last batch holds more than one record
   (measured; see also ``tests/perf/bench_locks.py``). A fetch response carries the true high
   watermark, so :meth:`Cluster.end_offsets` fetches once from the reported end - 1 and reads it.
-- ``ListOffsets(timestamp)`` answers offset 0 for every timestamp (with timestamp -1 for times after
-  the last record). :meth:`Cluster.offsets_for_time` therefore checks every answer against the
-  records around it and falls back to scanning the partition when an answer does not hold up, so
-  on a real Kafka the index is used and on Tansu the result is still exact.
+- ``ListOffsets(timestamp)`` is not Kafka's "first offset whose timestamp is >= T": measured, it
+  answered offset 0 for most timestamps (timestamp -1 for times after the last record) and a later
+  offset for others, skipping records at or after T when timestamps are not in offset order. A
+  wrong answer cannot be told from a right one without reading the partition, so on Tansu
+  :meth:`Cluster.offsets_for_time` scans the partition (exact). On other brokers it uses the time
+  index, after checking each answer against the records around it (the record at the answer has
+  the answered timestamp >= T, the one before it is < T); an answer that fails the check is
+  replaced by a scan too.
 - Departed members stay listed in ``DescribeGroups``: aiokafka sends ``LeaveGroup`` only for
   generation > 0, Tansu numbers a group's first generation 0, and it does not expire members whose
   session timed out (a stopped consumer was still listed after 65 s). :meth:`Cluster.lists_departed_members`
@@ -35,7 +39,7 @@ from faust_app import Settings
 from streams.kafka import admin_factory, consumer_factory
 from streams.tools.exceptions import BrokerUnavailable, ToolError
 
-__all__ = ["Cluster", "GroupInfo", "Member", "start_client"]
+__all__ = ["Cluster", "GroupInfo", "Member", "start_client", "stop_consumer"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,18 @@ async def start_client(client: Any, settings: Settings) -> None:
     # An unattached aiokafka consumer starts a background task at start; stopped before that task
     # first ran, ``stop()`` raises CancelledError. One turn of the loop lets it start.
     await asyncio.sleep(0)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer whose assignment may just have changed.
+
+    aiokafka's fetch routine, on an assignment change, cancels its in-flight fetches and awaits them
+    inside ``suppress(CancelledError)``; a ``stop()`` landing in that window has its cancellation
+    swallowed and then waits forever for an assignment (seen as a hang after a rate-limited replay).
+    A short pause lets the routine get past that window first.
+    """
+    await asyncio.sleep(0.05)
+    await consumer.stop()
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,7 @@ class Cluster:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        await self.consumer.stop()
+        await stop_consumer(self.consumer)
         await self.admin.close()
 
     # -- topics --------------------------------------------------------------------------------------
@@ -170,18 +186,18 @@ class Cluster:
         tps = list(tps)
         begin = await self.beginning_offsets(tps)
         ends = ends if ends is not None else await self.end_offsets(tps)
-        try:
-            answers: dict[TopicPartition, Any] = dict(
-                await self.consumer.offsets_for_times({tp: timestamp_ms for tp in tps}))
-        except KafkaError as exc:
-            logger.info("broker cannot look up offsets by time (%s); scanning", exc)
-            answers = {}
+        answers: dict[TopicPartition, Any] = {}
+        if not await self.is_embedded_broker():  # Tansu's time index answers are wrong (docstring)
+            try:
+                answers = dict(await self.consumer.offsets_for_times({tp: timestamp_ms for tp in tps}))
+            except KafkaError as exc:
+                logger.info("broker cannot look up offsets by time (%s); scanning", exc)
         result: dict[TopicPartition, int] = {}
         for tp in tps:
             if begin[tp] >= ends[tp]:
                 result[tp] = ends[tp]
                 continue
-            if tp in answers and answers[tp] is None:
+            if tp in answers and answers[tp] is None:  # a real Kafka's answer (Tansu's are never None)
                 result[tp] = ends[tp]  # Kafka: no record at or after that time
                 continue
             answer = answers.get(tp)
@@ -283,6 +299,10 @@ class Cluster:
             self._cluster_id = str(described.get("cluster_id") or "")
         return self._cluster_id
 
+    async def is_embedded_broker(self) -> bool:
+        """Whether this is Tansu, the embedded broker, whose quirks the module docstring lists."""
+        return (await self.cluster_id()).startswith(_TANSU_CLUSTER_PREFIX)
+
     async def lists_departed_members(self) -> bool:
         """Whether ``DescribeGroups`` may list members that are gone (the embedded broker; docstring)."""
-        return (await self.cluster_id()).startswith(_TANSU_CLUSTER_PREFIX)
+        return await self.is_embedded_broker()

@@ -33,7 +33,7 @@ from faust_app import command, settings
 from streams.catalog import CATALOG, DLQ_SUFFIX
 from streams.dlq import DeadLetter, parse_dlq_headers
 from streams.kafka import producer_factory
-from streams.tools.cluster import Cluster, start_client
+from streams.tools.cluster import Cluster, start_client, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, JSON_OPTION, emit_json, progress, tool_errors, wants_json
 from streams.tools.exceptions import ArgumentError, ToolError
 from streams.tools.scan import OffsetRange, scan, scan_consumer
@@ -207,7 +207,7 @@ async def read_entries(dlq: str, selection: Selection) -> list[Entry]:
                     if selection.matches(entry):
                         selected.append(entry)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     selected.sort(key=lambda entry: (entry.record.partition, entry.record.offset))
     return selected[: selection.limit] if selection.limit else selected
 

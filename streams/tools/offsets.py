@@ -29,7 +29,7 @@ from faust.cli import AppCommand, argument, option
 
 from faust_app import command, settings
 from streams.kafka import consumer_factory
-from streams.tools.cluster import Cluster, GroupInfo, start_client
+from streams.tools.cluster import Cluster, GroupInfo, start_client, stop_consumer
 from streams.tools.common import JSON_OPTION, emit_json, tool_errors, wants_json
 from streams.tools.exceptions import ArgumentError, GroupActive, ToolError
 from streams.tools.selection import format_ms, parse_time
@@ -195,7 +195,7 @@ async def _apply(cluster: Cluster, group: str, info: GroupInfo, departed_listed:
             consumer.assign(list(offsets_))
             await consumer.commit(offsets_)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         return "committed as a client outside the (empty) group"
     if not departed_listed:
         raise GroupActive(_active_message(group, info))
@@ -231,7 +231,7 @@ async def _commit_as_only_member(cluster: Cluster, group: str, info: GroupInfo,
             raise GroupActive(_active_message(group, GroupInfo(group, now.state, tuple(others)), len(others) or None))
         await consumer.commit(offsets_)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def _report_show(group: str, info: GroupInfo, plan: list[PlannedOffset], as_json: bool) -> None:

@@ -29,7 +29,7 @@ from schemas import SchemaError, decode_any, encode_event, new_event_id
 from schemas.codec import is_avro_framed, read_json_object
 from streams.catalog import CATALOG, DLQ_SUFFIX
 from streams.kafka import producer_factory
-from streams.tools.cluster import Cluster, start_client
+from streams.tools.cluster import Cluster, start_client, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, JSON_OPTION, emit_json, progress, tool_errors, wants_json
 from streams.tools.exceptions import ArgumentError, ToolError
 from streams.tools.scan import OffsetRange, scan, scan_consumer
@@ -227,7 +227,7 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
             result.sent = sender.delivered_total
         result.seconds = time.monotonic() - started
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
         if producer is not None:
             await producer.stop()
     return result

@@ -90,4 +90,5 @@ async def scan(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, Offse
                 stuck = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in active)
                 raise ToolError(f"no records from {stuck} for {_STALL_SECONDS:.0f} s although more were expected")
     finally:
-        consumer.unsubscribe()
+        for tp in consumer.assignment():
+            consumer.pause(tp)

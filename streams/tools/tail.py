@@ -14,7 +14,7 @@ from faust_app import command, settings
 from streams.catalog import DLQ_SUFFIX, topic_spec
 from streams.dlq import parse_dlq_headers
 from streams.exceptions import UnknownTopicError
-from streams.tools.cluster import Cluster
+from streams.tools.cluster import Cluster, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, emit_json, tool_errors
 from streams.tools.exceptions import ArgumentError
 from streams.tools.scan import scan_consumer
@@ -111,7 +111,7 @@ async def tail(self: AppCommand, topic: str, start: str | None, offset: int | No
     try:
         await _print(consumer, topic, tps, starts, ends, selected, follow, limit, idle_timeout)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _print(consumer: Any, topic: str, tps: list[TopicPartition], starts: dict[TopicPartition, int],
