@@ -23,10 +23,11 @@ from typing import Any
 import click
 from aiokafka import TopicPartition
 from faust.cli import AppCommand, argument, option
+from pydantic import ValidationError
 
 from faust_app import command, settings
-from schemas import SchemaError, decode_any, encode_event, new_event_id
-from schemas.codec import is_avro_framed, read_json_object
+from schemas import Envelope, SchemaError, decode_any, encode_event, new_event_id
+from schemas.codec import is_avro_framed, read_json_object, validation_reason
 from streams.catalog import CATALOG, DLQ_SUFFIX
 from streams.kafka import producer_factory
 from streams.tools.cluster import Cluster, start_client, stop_consumer
@@ -99,7 +100,7 @@ def rewrite_value(topic: str, value: bytes, new_id: bool, assignments: dict[str,
             _assign(data, path, assigned)
         if new_id:
             data["event_id"] = new_event_id()
-        return encode_event(type(event).model_validate(data)), old_id
+        return encode_event(_validated(type(event), data)), old_id
     obj = read_json_object(value)
     old = obj.get("event_id")
     for path, assigned in assignments.items():
@@ -108,14 +109,15 @@ def rewrite_value(topic: str, value: bytes, new_id: bool, assignments: dict[str,
         obj["event_id"] = new_event_id()
     spec = CATALOG.get(topic.removesuffix(DLQ_SUFFIX))
     if spec is not None:
-        try:
-            spec.model.model_validate(obj)
-        except Exception as exc:
-            from schemas.codec import validation_reason
-
-            reason = validation_reason(spec.model.__name__, exc) if hasattr(exc, "errors") else str(exc)
-            raise SchemaError(reason) from None
+        _validated(spec.model, obj)
     return json.dumps(obj, separators=(",", ":")).encode(), str(old) if old is not None else None
+
+
+def _validated(model: type[Envelope], data: dict[str, Any]) -> Envelope:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SchemaError(validation_reason(model.__name__, exc)) from None
 
 
 @dataclass
