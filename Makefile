@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench lint unit integration install clean
+.PHONY: dev test bench bench-locks bench-replay lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,21 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
-## Benchmarks (not part of `make test`): our agent vs a naive Faust agent, side by side.
-bench: $(STAMP)
+## Benchmarks (not part of `make test`): each one ours vs a baseline, side by side in one run.
+bench: bench-locks bench-replay
+
+## Lock agent vs a naive Faust agent.
+bench-locks: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
+
+## soma replay vs a minimal librdkafka (confluent-kafka) consume -> produce pipe; installs the bench extra.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,local,bench]'
+	touch $(BENCH_STAMP)
+
+bench-replay: $(BENCH_STAMP)
+	$(BIN)/python -m tests.perf.bench_replay
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache

@@ -33,6 +33,7 @@ from streams.kafka import producer_factory
 from streams.tools.cluster import Cluster, start_client, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, JSON_OPTION, emit_json, progress, tool_errors, wants_json
 from streams.tools.exceptions import ArgumentError, ToolError
+from streams.tools.rawscan import raw_scan
 from streams.tools.scan import OffsetRange, scan, scan_consumer
 from streams.tools.selection import (
     RecordFilter,
@@ -223,7 +224,12 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
             sender = BatchSender(producer)
             await sender.partitions(plan.destination)
         started = time.monotonic()
-        await _copy(plan, ranges, stats, result, consumer, sender, on_progress, replay_id or "")
+        simple = not (selection.keys or selection.headers or selection.needs_value or plan.new_ids
+                      or plan.assignments or plan.rate)
+        if sender is not None and simple:
+            await _copy_everything(plan, ranges, stats, result, consumer, sender, on_progress, replay_id or "")
+        else:
+            await _copy(plan, ranges, stats, result, consumer, sender, on_progress, replay_id or "")
         if sender is not None:
             await sender.flush()
             result.sent = sender.delivered_total
@@ -233,6 +239,75 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
         if producer is not None:
             await producer.stop()
     return result
+
+
+async def _copy_everything(plan: ReplayPlan, ranges: dict[TopicPartition, OffsetRange],
+                           stats: dict[int, PartitionStats], result: ReplayResult, consumer: Any, sender: BatchSender,
+                           on_progress: Callable[[int], None] | None, replay_id: str) -> None:
+    """The loop of an unfiltered, unpaced copy (time bounds allowed): per record only the headers, the
+    partition and an append. Same output as :func:`_copy`, which handles every other case."""
+    since, until = plan.selection.time.since_ms, plan.selection.time.until_ms
+    destination = plan.destination
+    id_bytes, topic_bytes = replay_id.encode(), plan.source.encode()
+    prefixes = {tp.partition: [(REPLAY_ID, id_bytes), (ORIGINAL_TOPIC, topic_bytes),
+                               (ORIGINAL_PARTITION, str(tp.partition).encode())] for tp in ranges}
+    partition_for, add = sender.partition_for, sender.add
+    by_key: dict[bytes, int] = {}
+    async for tp, records in raw_scan(settings, ranges):
+        partition = tp.partition
+        stat = stats[partition]
+        stat.scanned += len(records)
+        if on_progress is not None:
+            on_progress(len(records))
+        if since is not None or until is not None:
+            low = since if since is not None else -(2**63)
+            high = until if until is not None else 2**63
+            records = [record for record in records if low <= record.timestamp <= high]
+            if not records:
+                continue
+        _take_all(stat, records)
+        if len(result.sample) < plan.sample:
+            wanted = records[: plan.sample - len(result.sample)]
+            result.sample += [record_line(plan.source, _Located(partition, record)) for record in wanted]
+        prefix = prefixes[partition]
+        for record in records:
+            headers = record.headers
+            if headers:
+                headers = [h for h in headers if not h[0].startswith(_PREFIX)]
+                headers += prefix
+            else:
+                headers = prefix.copy()
+            headers.append((ORIGINAL_OFFSET, str(record.offset).encode()))
+            key = record.key
+            if key is None:
+                target = partition_for(destination, None, partition)
+            else:
+                target = by_key.get(key, -1)
+                if target < 0:
+                    target = by_key[key] = partition_for(destination, key, partition)
+            add(destination, target, key, record.value, headers, record.timestamp)
+        await sender.ship()
+
+
+class _Located:
+    """A raw record with its partition, in the shape :func:`record_line` reads."""
+
+    def __init__(self, partition: int, record: Any) -> None:
+        self.partition = partition
+        self.offset, self.timestamp = record.offset, record.timestamp
+        self.key, self.value, self.headers = record.key, record.value, record.headers
+
+
+def _take_all(stat: PartitionStats, records: list[Any]) -> None:
+    """:meth:`PartitionStats.take` for a list in offset order, at list speed."""
+    stat.selected += len(records)
+    if stat.first_offset is None:
+        stat.first_offset = records[0].offset
+    stat.last_offset = records[-1].offset
+    low = min(record.timestamp for record in records)
+    high = max(record.timestamp for record in records)
+    stat.first_timestamp = low if stat.first_timestamp is None else min(stat.first_timestamp, low)
+    stat.last_timestamp = high if stat.last_timestamp is None else max(stat.last_timestamp, high)
 
 
 async def _copy(plan: ReplayPlan, ranges: dict[TopicPartition, OffsetRange], stats: dict[int, PartitionStats],

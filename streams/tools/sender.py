@@ -32,6 +32,7 @@ _KEY_CACHE_LIMIT = 100_000
 @dataclass
 class _Open:
     builder: Any
+    count: int = 0
     tokens: list[Any] = field(default_factory=list)
 
 
@@ -46,7 +47,7 @@ class BatchSender:
         self.delivered: dict[tuple[str, int], int] = {}
         self._open: dict[tuple[str, int], _Open] = {}
         self._ready: list[tuple[str, int, _Open]] = []
-        self._in_flight: deque[tuple[asyncio.Future[Any], str, int, list[Any]]] = deque()
+        self._in_flight: deque[tuple[asyncio.Future[Any], str, int, int, list[Any]]] = deque()
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = DefaultPartitioner()
         self._key_partition: dict[tuple[str, bytes], int] = {}
@@ -76,30 +77,35 @@ class BatchSender:
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers,
             timestamp_ms: int | None = None, token: Any = None) -> None:
-        """Append one record; a batch that is full is set aside for the next :meth:`ship`."""
+        """Append one record; a batch that is full is set aside for the next :meth:`ship`.
+
+        The hot path of a replay: a dict lookup and the C batch builder's append, nothing awaited.
+        """
         slot = (topic, partition)
         current = self._open.get(slot)
         if current is None:
             current = self._open[slot] = _Open(self.producer.create_batch())
-        if current.builder.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers)) is None:
+        if current.builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
             self._ready.append((topic, partition, current))
             current = self._open[slot] = _Open(self.producer.create_batch())
-            if current.builder.append(key=key, value=value, timestamp=timestamp_ms, headers=list(headers)) is None:
+            if current.builder.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
                 raise ToolError(f"a record of {len(value or b'')} bytes for {topic} is larger than the "
                                 "producer's batch size")
-        current.tokens.append(token)
+        current.count += 1
+        if self.on_delivered is not None:
+            current.tokens.append(token)
 
     async def ship(self, everything: bool = False) -> None:
         """Hand full batches (all open ones with ``everything``) to the producer."""
         if everything:
             self._ready.extend((topic, partition, current) for (topic, partition), current in self._open.items()
-                               if current.tokens)
+                               if current.count)
             self._open = {}
         ready, self._ready = self._ready, []
         for topic, partition, current in ready:
             current.builder.close()
             future = await self.producer.send_batch(current.builder, topic, partition=partition)
-            self._in_flight.append((future, topic, partition, current.tokens))
+            self._in_flight.append((future, topic, partition, current.count, current.tokens))
             while len(self._in_flight) > self.max_in_flight:
                 await self._settle_oldest()
 
@@ -110,12 +116,12 @@ class BatchSender:
             await self._settle_oldest()
 
     async def _settle_oldest(self) -> None:
-        future, topic, partition, tokens = self._in_flight.popleft()
+        future, topic, partition, count, tokens = self._in_flight.popleft()
         try:
             metadata = await future
         except Exception as exc:
             raise ToolError(f"the broker did not accept records for {topic}[{partition}]: {exc}") from exc
-        self.delivered[(topic, partition)] = self.delivered.get((topic, partition), 0) + len(tokens)
+        self.delivered[(topic, partition)] = self.delivered.get((topic, partition), 0) + count
         if self.on_delivered is not None:
             base = int(metadata.offset)
             for index, token in enumerate(tokens):
