@@ -26,7 +26,7 @@ from streams.engine.outbox import Outbox
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
 from streams.exceptions import EventTooLarge
-from streams.kafka import consumer_factory
+from streams.kafka import consumer_factory, high_watermarks
 
 __all__ = ["AgentRunner", "AgentSpec"]
 
@@ -279,7 +279,9 @@ class AgentRunner:
         try:
             tps = [TopicPartition(table.changelog_topic, p) for p in partitions]
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
+            # Not end_offsets: the embedded broker undercounts it, and a restore that stops short
+            # loses the last changelog batch (seen as commands applied twice after a SIGKILL).
+            ends = await high_watermarks(consumer, tps)
             remaining: dict[TopicPartition, int] = {}
             for tp in tps:
                 store = table.open(tp.partition)

@@ -6,8 +6,8 @@ explained once:
 
 - ``ListOffsets(latest)`` answers the base offset of the last record *batch* + 1, not the high
   watermark, so ``end_offsets`` undercounts whenever the last batch holds more than one record
-  (measured; see also ``tests/perf/bench_locks.py``). A fetch response carries the true high
-  watermark, so :meth:`Cluster.end_offsets` fetches once from the reported end - 1 and reads it.
+  (measured; see also ``tests/perf/bench_locks.py``). :meth:`Cluster.end_offsets` uses
+  :func:`streams.kafka.high_watermarks`, which reads the true one from a fetch response.
 - ``ListOffsets(timestamp)`` is not Kafka's "first offset whose timestamp is >= T": measured, it
   answered offset 0 for most timestamps (timestamp -1 for times after the last record) and a later
   offset for others, skipping records at or after T when timestamps are not in offset order. A
@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from faust_app import Settings
-from streams.kafka import admin_factory, consumer_factory
+from streams.kafka import admin_factory, consumer_factory, high_watermarks
 from streams.tools.exceptions import BrokerUnavailable, ToolError
 
 __all__ = ["Cluster", "GroupInfo", "Member", "start_client", "stop_consumer"]
@@ -147,33 +147,9 @@ class Cluster:
     async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The high watermark of each partition (one past the last record), correct on Tansu too."""
         tps = list(tps)
-        if not tps:
-            return {}
-        reported = dict(await self.consumer.end_offsets(tps))
-        begin = await self.beginning_offsets(tps)
-        result = dict(reported)
-        # Tansu answers the last batch's base offset + 1 (module docstring); read the high watermark
-        # from a fetch at the reported end - 1 instead. An empty partition has no batch to misreport.
-        pending = [tp for tp in tps if reported[tp] > begin[tp]]
-        if not pending:
-            return result
-        self.consumer.assign(pending)
-        for tp in pending:
-            self.consumer.seek(tp, reported[tp] - 1)
-        deadline = time.monotonic() + _FETCH_DEADLINE_SECONDS
-        while pending:
-            await self.consumer.getmany(*pending, timeout_ms=200, max_records=1)
-            waiting = []
-            for tp in pending:
-                high = self.consumer.highwater(tp)
-                if high is None:
-                    waiting.append(tp)
-                else:
-                    result[tp] = max(result[tp], high)
-            pending = waiting
-            if pending and time.monotonic() > deadline:
-                raise ToolError(f"no fetch answer for {pending} within {_FETCH_DEADLINE_SECONDS:.0f} s")
-        self.consumer.unsubscribe()
+        result = await high_watermarks(self.consumer, tps, _FETCH_DEADLINE_SECONDS)
+        if tps:
+            self.consumer.unsubscribe()
         return result
 
     async def offsets_for_time(self, tps: Iterable[TopicPartition], timestamp_ms: int,

@@ -289,7 +289,7 @@ async def dlq(self: AppCommand, action: str, topics: tuple[str, ...], error_clas
 
 
 async def _list(names: list[str], selection: Selection, record: RedriveRecord, as_json: bool) -> None:
-    report = []
+    report: list[dict[str, Any]] = []
     for name in names:
         found = await read_entries(name, selection)
         report.append({"topic": name, "entries": len(found),

@@ -88,6 +88,10 @@ def plan_reset(mode: str, value: Any, beginning: dict[TopicPartition, int], end:
     return plan
 
 
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 def _mode(to_earliest: bool, to_latest: bool, to_offset: int | None, to_time: str | None,
           shift_by: int | None) -> tuple[str, Any]:
     chosen = [(name, value) for name, value, given in (
@@ -169,7 +173,7 @@ async def offsets(self: AppCommand, action: str, group: str, topics: tuple[str, 
         departed_listed = await cluster.lists_departed_members()
         if mode is None:
             plan = [PlannedOffset(tp.topic, tp.partition, beginning[tp], end[tp], committed[tp],
-                                  committed[tp] if committed[tp] is not None else beginning[tp]) for tp in tps]
+                                  _or(committed[tp], beginning[tp])) for tp in tps]
             _report_show(group, info, plan, as_json)
             return
         by_time = await cluster.offsets_for_time(tps, time_ms, end) if time_ms is not None else None

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import click
 from faust.cli import AppCommand, argument, option
+from pydantic import ValidationError
 
 from faust_app import command, settings
 from schemas import Envelope, SchemaError, encode_event, to_json
@@ -50,9 +51,10 @@ def parse_lines(spec: TopicSpec, stream: IO[str]) -> list[ParsedLine]:
             parsed.append(ParsedLine(number, spec.model.model_validate(payload), None, text))
         except SchemaError as exc:
             parsed.append(ParsedLine(number, None, exc.reason, text))
-        except Exception as exc:  # pydantic.ValidationError
-            reason = validation_reason(spec.model.__name__, exc) if hasattr(exc, "errors") else str(exc)
-            parsed.append(ParsedLine(number, None, reason, text))
+        except ValidationError as exc:
+            parsed.append(ParsedLine(number, None, validation_reason(spec.model.__name__, exc), text))
+        except Exception as exc:  # anything else a validator raises: still a bad line, not a crash
+            parsed.append(ParsedLine(number, None, str(exc), text))
     return parsed
 
 

@@ -214,7 +214,10 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
     result = ReplayResult(plan, replay_id, [stats[tp.partition] for tp in tps], [], skip_reasons={})
     if on_total is not None:
         on_total(sum(r.size for r in ranges.values()))
-    consumer = await scan_consumer(settings)
+    # An unfiltered, unpaced copy takes the fast path (raw fetches); everything else reads through a consumer.
+    simple = plan.execute and not (selection.keys or selection.headers or selection.needs_value or plan.new_ids
+                                   or plan.assignments or plan.rate)
+    consumer = None if simple else await scan_consumer(settings)
     producer = None
     try:
         sender: BatchSender | None = None
@@ -224,10 +227,8 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
             sender = BatchSender(producer)
             await sender.partitions(plan.destination)
         started = time.monotonic()
-        simple = not (selection.keys or selection.headers or selection.needs_value or plan.new_ids
-                      or plan.assignments or plan.rate)
-        if sender is not None and simple:
-            await _copy_everything(plan, ranges, stats, result, consumer, sender, on_progress, replay_id or "")
+        if sender is not None and consumer is None:
+            await _copy_everything(plan, ranges, stats, result, sender, on_progress, replay_id or "")
         else:
             await _copy(plan, ranges, stats, result, consumer, sender, on_progress, replay_id or "")
         if sender is not None:
@@ -235,14 +236,15 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
             result.sent = sender.delivered_total
         result.seconds = time.monotonic() - started
     finally:
-        await stop_consumer(consumer)
+        if consumer is not None:
+            await stop_consumer(consumer)
         if producer is not None:
             await producer.stop()
     return result
 
 
 async def _copy_everything(plan: ReplayPlan, ranges: dict[TopicPartition, OffsetRange],
-                           stats: dict[int, PartitionStats], result: ReplayResult, consumer: Any, sender: BatchSender,
+                           stats: dict[int, PartitionStats], result: ReplayResult, sender: BatchSender,
                            on_progress: Callable[[int], None] | None, replay_id: str) -> None:
     """The loop of an unfiltered, unpaced copy (time bounds allowed): per record only the headers, the
     partition and an append. Same output as :func:`_copy`, which handles every other case."""

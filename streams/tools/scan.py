@@ -74,11 +74,11 @@ async def scan(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, Offse
             if fetched:
                 last_progress = time.monotonic()
             for tp, records in fetched.items():
-                r = active.get(tp)
-                if r is None or not records:
+                wanted = active.get(tp)
+                if wanted is None or not records:
                     continue
-                if records[-1].offset >= r.end:
-                    records = [record for record in records if record.offset < r.end]
+                if records[-1].offset >= wanted.end:
+                    records = [record for record in records if record.offset < wanted.end]
                 if records:
                     yield records
             for tp in list(active):
