@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
 
-.PHONY: dev test bench bench-locks bench-conversation bench-usage bench-bridge bench-embeddings browser-deps lint unit integration install clean
+.PHONY: dev test bench bench-locks bench-conversation bench-usage bench-bridge bench-embeddings bench-replay browser-deps lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ integration: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
 ## Benchmarks (not part of `make test`), each comparing side by side in one run.
-bench: bench-locks bench-conversation bench-usage bench-bridge bench-embeddings
+bench: bench-locks bench-conversation bench-usage bench-bridge bench-embeddings bench-replay
 
 bench-locks: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
@@ -70,6 +70,15 @@ bench-bridge: $(STAMP)
 ## Embedding pipeline texts/s against the bare model's batched throughput, in one run (target ratio >= 0.9).
 bench-embeddings: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_embeddings
+
+## soma replay vs a minimal librdkafka (confluent-kafka) consume -> produce pipe; installs the bench extra.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,local,bench]'
+	touch $(BENCH_STAMP)
+
+bench-replay: $(BENCH_STAMP)
+	$(BIN)/python -m tests.perf.bench_replay
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) data .pytest_cache .ruff_cache .mypy_cache

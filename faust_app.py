@@ -119,6 +119,12 @@ class Settings(BaseModel):
         20, alias="SOMA_BATCH_WAIT_MS", ge=0, le=10_000,
         description="Longest time the broker holds a fetch open waiting for a batch to fill.",
     )
+    # -- operator tooling (issue 7) ------------------------------------------------------------------
+    max_event_bytes: int = Field(
+        1_048_576, alias="SOMA_MAX_EVENT_BYTES", ge=256, le=64 * 1_048_576,
+        description="Largest event an agent accepts; a bigger one goes to the DLQ (EventTooLarge), "
+        "from where it can be re-driven after this limit is raised.",
+    )
 
     # -- usage metrics (agents/usage.py, agents/pricing.py) ---------------------------------------
     prices_file: Path | None = Field(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["StreamsError", "UnknownTopicError"]
+from schemas.exceptions import DecodeError
+
+__all__ = ["EventTooLarge", "StreamsError", "UnknownTopicError"]
 
 
 class StreamsError(Exception):
@@ -11,3 +13,11 @@ class StreamsError(Exception):
 
 class UnknownTopicError(StreamsError):
     """A topic name that is not in the catalog."""
+
+
+class EventTooLarge(DecodeError):
+    """An input event is bigger than ``SOMA_MAX_EVENT_BYTES``; it is refused before it is parsed.
+
+    A :class:`~schemas.exceptions.DecodeError` so the engine treats it like any unreadable input: the
+    original bytes go to the DLQ with the reason, and the agent's invalid-input handler can answer.
+    """

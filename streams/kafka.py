@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaTimeoutError
 
 from faust_app import Settings
 
-__all__ = ["admin_factory", "consumer_factory", "producer_factory"]
+__all__ = ["admin_factory", "consumer_factory", "high_watermarks", "producer_factory"]
 
 
 def producer_factory(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -49,3 +52,41 @@ def consumer_factory(settings: Settings, *topics: str, group_id: str | None, **o
 
 def admin_factory(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin")
+
+
+async def high_watermarks(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition],
+                          timeout: float = 30.0) -> dict[TopicPartition, int]:
+    """One past the last record of each partition, correct on the embedded broker too.
+
+    Tansu answers ``ListOffsets(latest)`` with the base offset of the last record *batch* + 1, not
+    the high watermark, so ``end_offsets`` undercounts whenever the last batch holds more than one
+    record (measured). A fetch response carries the true high watermark: this fetches once from the
+    reported end - 1 and reads it. The consumer's assignment is replaced by ``tps``; callers seek
+    afterwards. On Kafka the answer is the same as ``end_offsets``.
+    """
+    tps = list(tps)
+    if not tps:
+        return {}
+    reported = dict(await consumer.end_offsets(tps))
+    begin = await consumer.beginning_offsets(tps)
+    result = dict(reported)
+    pending = [tp for tp in tps if reported[tp] > begin[tp]]  # an empty partition has nothing to misreport
+    if not pending:
+        return result
+    consumer.assign(tps)
+    for tp in pending:
+        consumer.seek(tp, reported[tp] - 1)
+    deadline = time.monotonic() + timeout
+    while pending:
+        await consumer.getmany(*pending, timeout_ms=200, max_records=1)
+        waiting = []
+        for tp in pending:
+            high = consumer.highwater(tp)
+            if high is None:
+                waiting.append(tp)
+            else:
+                result[tp] = max(result[tp], high)
+        pending = waiting
+        if pending and time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"no fetch answer for {pending} within {timeout:.0f} s")
+    return result

@@ -25,7 +25,8 @@ from streams.catalog import TopicSpec
 from streams.engine.outbox import Outbox
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
-from streams.kafka import consumer_factory
+from streams.exceptions import EventTooLarge
+from streams.kafka import consumer_factory, high_watermarks
 from streams.metrics import AgentMetrics
 
 __all__ = ["AgentRunner", "AgentSpec"]
@@ -200,6 +201,9 @@ class AgentRunner:
                 )
                 self._positions[tp] = message.offset + 1
                 try:
+                    if len(record.value) > self.settings.max_event_bytes:
+                        raise EventTooLarge(f"event of {len(record.value)} bytes is larger than "
+                                            f"SOMA_MAX_EVENT_BYTES ({self.settings.max_event_bytes})")
                     record.event = decode_event(record.value, model)
                 except SchemaError as exc:
                     batch.dead_letter(record, exc)
@@ -338,7 +342,9 @@ class AgentRunner:
         try:
             tps = [TopicPartition(table.changelog_topic, p) for p in partitions]
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
+            # Not end_offsets: the embedded broker undercounts it, and a restore that stops short
+            # loses the last changelog batch (seen as commands applied twice after a SIGKILL).
+            ends = await high_watermarks(consumer, tps)
             remaining: dict[TopicPartition, int] = {}
             for tp in tps:
                 store = table.open(tp.partition)

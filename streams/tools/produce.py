@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import IO, Any
 
 import click
 from faust.cli import AppCommand, argument, option
+from pydantic import ValidationError
 
 from faust_app import command, settings
 from schemas import Envelope, SchemaError, encode_event, to_json
@@ -17,6 +19,7 @@ from schemas.codec import validation_reason
 from streams.catalog import TopicSpec, topic_spec
 from streams.exceptions import UnknownTopicError
 from streams.kafka import producer_factory
+from streams.tools.common import progress
 
 __all__ = ["ParsedLine", "parse_lines"]
 
@@ -48,9 +51,10 @@ def parse_lines(spec: TopicSpec, stream: IO[str]) -> list[ParsedLine]:
             parsed.append(ParsedLine(number, spec.model.model_validate(payload), None, text))
         except SchemaError as exc:
             parsed.append(ParsedLine(number, None, exc.reason, text))
-        except Exception as exc:  # pydantic.ValidationError
-            reason = validation_reason(spec.model.__name__, exc) if hasattr(exc, "errors") else str(exc)
-            parsed.append(ParsedLine(number, None, reason, text))
+        except ValidationError as exc:
+            parsed.append(ParsedLine(number, None, validation_reason(spec.model.__name__, exc), text))
+        except Exception as exc:  # anything else a validator raises: still a bad line, not a crash
+            parsed.append(ParsedLine(number, None, str(exc), text))
     return parsed
 
 
@@ -65,16 +69,23 @@ def _key_of(spec: TopicSpec, event: Envelope) -> bytes:
            help="Send the valid lines and report the invalid ones instead of sending nothing."),
     option("--as-json", "as_json", is_flag=True, default=False,
            help="Send each line as its JSON text instead of Avro (the path producers in other languages use)."),
+    option("--json", "json_output", is_flag=True, default=False,
+           help="Print the outcome as one JSON document on stdout: sent, skipped lines with reasons, event ids."),
 )
-async def produce(self: AppCommand, topic: str, file: str, skip_invalid: bool, as_json: bool) -> None:
+async def produce(self: AppCommand, topic: str, file: str, skip_invalid: bool, as_json: bool,
+                  json_output: bool) -> None:
     """Send JSON lines from FILE (or stdin, '-') to TOPIC as typed events.
 
     Each line is one JSON object with the topic's contract (see the README), validated before anything
     is sent: if any line is invalid nothing is sent and each bad line is reported with its number and
-    reason. The key is the topic's key field (tenant or session_id). Events are sent as
-    Confluent-framed Avro unless --as-json is given.
+    reason. With --skip-invalid the valid lines are sent and the skipped ones reported. The key is
+    the topic's key field (tenant or session_id). Events are sent as Confluent-framed Avro unless
+    --as-json is given.
 
-    Example: echo '{"tenant":"acme","action":"status","user":"ann"}' | soma produce soma.training.lock.commands
+    \b
+    Examples:
+      echo '{"tenant":"acme","action":"status","user":"ann"}' | soma produce soma.training.lock.commands
+      soma produce soma.usage.events usage.jsonl --skip-invalid --json
     """
     try:
         spec = topic_spec(topic)
@@ -95,6 +106,8 @@ async def produce(self: AppCommand, topic: str, file: str, skip_invalid: bool, a
     for line in invalid:
         click.echo(f"line {line.number}: {line.error}", err=True)
     if invalid and not skip_invalid:
+        if json_output:
+            click.echo(json.dumps({"topic": spec.name, "sent": 0, "invalid": _reasons(invalid)}))
         raise click.ClickException(
             f"{len(invalid)} of {len(lines)} lines are invalid; nothing was sent (use --skip-invalid to send the rest)"
         )
@@ -109,15 +122,26 @@ async def produce(self: AppCommand, topic: str, file: str, skip_invalid: bool, a
         raise click.ClickException(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
     try:
         futures = []
-        for line in valid:
-            assert line.event is not None
-            value = to_json(line.event) if as_json else encode_event(line.event)
-            futures.append(await producer.send(spec.name, key=_key_of(spec, line.event), value=value))
-        for future in futures:
-            await future
+        with progress(len(valid), "sending") as bar:
+            for line in valid:
+                assert line.event is not None
+                value = to_json(line.event) if as_json else encode_event(line.event)
+                # send() only queues the record (aiokafka batches them); delivery is awaited below, once.
+                futures.append(await producer.send(spec.name, key=_key_of(spec, line.event), value=value))
+                bar.update(1)
+            await asyncio.gather(*futures)
     finally:
         await producer.stop()
     summary: dict[str, Any] = {"topic": spec.name, "sent": len(valid), "skipped": len(invalid),
+                               "skipped_lines": _reasons(invalid),
                                "event_ids": [line.event.event_id for line in valid if line.event]}
-    click.echo(json.dumps(summary) if len(valid) > 1 else f"sent 1 event to {spec.name}: {summary['event_ids'][0]}",
-               err=True)
+    if json_output:
+        click.echo(json.dumps(summary))
+    elif len(valid) > 1 or invalid:
+        click.echo(json.dumps(summary), err=True)
+    else:
+        click.echo(f"sent 1 event to {spec.name}: {summary['event_ids'][0]}", err=True)
+
+
+def _reasons(lines: list[ParsedLine]) -> list[dict[str, Any]]:
+    return [{"line": line.number, "reason": line.error} for line in lines]
