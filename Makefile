@@ -36,7 +36,7 @@ test: $(STAMP) browser-deps lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas connectors
+	$(BIN)/mypy schemas connectors streams agents
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit

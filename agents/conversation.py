@@ -35,21 +35,22 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from agents.exceptions import TurnRefused
 from agents.memory import retrieve
 from agents.pricing import PriceTable
 from connectors.circuit import CircuitBreaker
-from connectors.llm import ChatClient, ChatDelta, ChatMessage, ChatResult
+from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
 from connectors.model_server import prompt_renderer_for_model
 from schemas import ConversationTurn, Hit, LockState, SchemaError, Source, TurnEvent, UsageEvent, caused_by
-from schemas.conversation import TokenUsage
+from schemas.conversation import TokenUsage, TurnEventType
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.engine.dedupe import SEEN_TABLE, SeenIds
 from streams.metrics import track_breaker
 from streams.views import TopicView
 
@@ -58,7 +59,6 @@ __all__ = ["build_messages", "history_key", "memory_prompt", "trim_history"]
 logger = logging.getLogger(__name__)
 
 _CHARS_PER_TOKEN = 4
-_DEDUPE_SWEEP_MS = 60_000
 #: How often the stream yields an empty batch, so that turns finished between records are made durable
 #: and committed promptly.
 _TICK_SECONDS = 0.05
@@ -121,12 +121,12 @@ class _ConversationState:
     locks: TopicView[LockState]
     provider: str
     slots: asyncio.Semaphore
+    seen: SeenIds
     #: The last task of each session: the next turn of that session waits for it.
     sessions: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     #: Running tasks by input partition, to cancel them when the partition is revoked.
     by_partition: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
-    next_sweep_ms: int = 0
 
     @classmethod
     def create(cls, settings: Any) -> _ConversationState:
@@ -144,7 +144,7 @@ class _ConversationState:
         locks: TopicView[LockState] = TopicView(settings, LOCK_STATE, keep=_lock_is_current)
         locks.start()
         return cls(settings, client, PriceTable.load(settings.prices_file), locks, provider,
-                   asyncio.Semaphore(settings.max_concurrent_turns))
+                   asyncio.Semaphore(settings.max_concurrent_turns), SeenIds(settings.dedupe_ttl_seconds * 1000))
 
     def active_lock(self, tenant: str, now_ms: int) -> LockState | None:
         state = self.locks.get(tenant)
@@ -191,7 +191,7 @@ def _agent_state(settings: Any) -> _ConversationState:
     return _state
 
 
-def _turn_event(turn: ConversationTurn, type_: str, **fields: Any) -> TurnEvent:
+def _turn_event(turn: ConversationTurn, type_: TurnEventType, **fields: Any) -> TurnEvent:
     return TurnEvent(**caused_by(turn), session_id=turn.session_id, turn_id=turn.event_id, type=type_, **fields)
 
 
@@ -223,7 +223,7 @@ async def _on_revoked(runner: AgentRunner, partitions: list[int]) -> None:
 @agent(
     "conversation",
     topic=CONVERSATION_TURNS,
-    tables=("history", "seen"),
+    tables=("history", SEEN_TABLE),
     on_invalid=_reply_invalid,
     on_revoked=_on_revoked,
     tick_seconds=_TICK_SECONDS,
@@ -246,7 +246,7 @@ async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
                                     _turn_event(record.event, "started", training_mode=training_mode))
             for record, training_mode in accepted:
                 _spawn(batch, record, state, training_mode)
-            _sweep_seen(batch, state)
+            state.seen.sweep(batch)
     finally:
         _state = None
         await state.close()
@@ -266,7 +266,7 @@ def _accept(batch: Batch[ConversationTurn], record: Record[ConversationTurn], st
     """
     turn = record.event
     settings = state.settings
-    if turn.event_id in state.in_flight or batch.table("seen").get(turn.event_id, record.partition) is not None:
+    if turn.event_id in state.in_flight or state.seen.contains(batch, turn.event_id, record.partition):
         logger.info("duplicate turn %s of session %s ignored", turn.event_id, turn.session_id)
         return None
     if len(turn.prompt) > settings.turn_max_prompt_chars:
@@ -340,7 +340,7 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     async with asyncio.timeout(settings.turn_timeout_seconds):
         stream = state.client.stream_chat(messages, model=turn.model, max_tokens=max_tokens,
                                           temperature=turn.temperature)
-        async with contextlib.aclosing(stream) as events:
+        async with contextlib.aclosing(cast(AsyncGenerator[ChatEvent, None], stream)) as events:
             async for item in events:
                 if isinstance(item, ChatDelta):
                     ready = chunker.add(item.text)
@@ -374,7 +374,7 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     entry = {"turn_id": turn.event_id, "user": turn.prompt, "assistant": result.text,
              "tokens": estimate_tokens(turn.prompt + result.text)}
     history_table.set(history_key(turn), [*stored, entry][-max(settings.history_max_turns, 1):], record.partition)
-    batch.table("seen").set(turn.event_id, batch.now_ms + settings.dedupe_ttl_seconds * 1000, record.partition)
+    state.seen.add(batch, turn.event_id, record.partition)
 
 
 def _usage_event(turn: ConversationTurn, state: _ConversationState, result: ChatResult, usage: TokenUsage,
@@ -416,15 +416,3 @@ class _Chunker:
             return None
         text, self._parts = "".join(self._parts), []
         return text
-
-
-def _sweep_seen(batch: Batch[ConversationTurn], state: _ConversationState) -> None:
-    now = batch.now_ms
-    if now < state.next_sweep_ms:
-        return
-    state.next_sweep_ms = now + _DEDUPE_SWEEP_MS
-    seen = batch.table("seen")
-    for partition in batch.partitions:
-        for event_id, expires in list(seen.items(partition)):
-            if expires <= now:
-                seen.delete(event_id, partition)

@@ -47,12 +47,12 @@ from connectors.exceptions import ConnectorError, EmbeddingsRequestError
 from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by
 from streams.catalog import EMBEDDING_JOBS, EMBEDDING_RESULTS, USAGE_EVENTS
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.engine.dedupe import SEEN_TABLE, SeenIds
 
 __all__ = ["embedding_agent", "failure_reason"]
 
 logger = logging.getLogger(__name__)
 
-_DEDUPE_SWEEP_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -79,8 +79,7 @@ class _AgentState:
 
     def __init__(self, settings: Any) -> None:
         self.memory: Memory = shared_memory(settings)
-        self.dedupe_ttl_ms = settings.dedupe_ttl_seconds * 1000
-        self.next_sweep_ms = 0
+        self.seen = SeenIds(settings.dedupe_ttl_seconds * 1000)
         self.duplicates = 0
 
 
@@ -135,7 +134,7 @@ def _reply_invalid(batch: Batch[EmbeddingJob], record: Record[EmbeddingJob], err
 @agent(
     "embeddings",
     topic=EMBEDDING_JOBS,
-    tables=("seen",),
+    tables=(SEEN_TABLE,),
     on_invalid=_reply_invalid,
     on_assigned=_on_assigned,
     max_records=lambda settings: settings.embeddings_max_jobs_per_batch,
@@ -151,13 +150,12 @@ async def embedding_agent(stream: BatchStream[EmbeddingJob]) -> None:
 
 async def process_batch(batch: Batch[EmbeddingJob], state: _AgentState) -> None:
     started = time.perf_counter()
-    seen = batch.table("seen")
     memory = state.memory
     works: list[_Work] = []
     taken: set[str] = set()  # a job sent twice may arrive twice in one batch
     for record in batch:
         job = record.event
-        if job.event_id in taken or seen.get(job.event_id, record.partition) is not None:
+        if job.event_id in taken or state.seen.contains(batch, job.event_id, record.partition):
             state.duplicates += 1
             logger.info("duplicate embedding job %s ignored", job.event_id)
             continue
@@ -171,17 +169,11 @@ async def process_batch(batch: Batch[EmbeddingJob], state: _AgentState) -> None:
     if works:
         await _embed(works, memory)
         await _apply(works, memory)
-    now = batch.now_ms
     for work in works:
         _answer(batch, work, memory, started)
         if work.error is None:
-            seen.set(work.job.event_id, now + state.dedupe_ttl_ms, work.record.partition)
-    if now >= state.next_sweep_ms:
-        state.next_sweep_ms = now + _DEDUPE_SWEEP_MS
-        for partition in batch.partitions:
-            for event_id, expires in list(seen.items(partition)):
-                if expires <= now:
-                    seen.delete(event_id, partition)
+            state.seen.add(batch, work.job.event_id, work.record.partition)
+    state.seen.sweep(batch)
 
 
 async def _embed(works: list[_Work], memory: Memory) -> None:

@@ -34,13 +34,13 @@ from connectors.redis import RedisConnector
 from schemas import LockCommand, LockState, SchemaError, caused_by, to_json_dict
 from streams.catalog import LOCK_COMMANDS, LOCK_STATE
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.engine.dedupe import SEEN_TABLE, SeenIds
 
 __all__ = ["LockPolicy", "LockRecord", "Outcome", "decide", "expire", "redis_key", "rejected_key"]
 
 logger = logging.getLogger(__name__)
 
 REDIS_KEY = "training:lock:{tenant}"
-_DEDUPE_SWEEP_MS = 60_000
 
 
 def redis_key(tenant: str) -> str:
@@ -251,9 +251,8 @@ class _LockAgentState:
             default_ttl_seconds=settings.lock_default_ttl_seconds,
             max_ttl_seconds=settings.lock_max_ttl_seconds,
         )
-        self.dedupe_ttl_ms = settings.dedupe_ttl_seconds * 1000
+        self.seen = SeenIds(settings.dedupe_ttl_seconds * 1000)
         self.mirror = RedisMirror(RedisConnector(settings.redis_url, timeout=settings.redis_timeout_seconds))
-        self.next_sweep_ms = 0
         self.duplicates = 0
 
 
@@ -292,7 +291,7 @@ async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
 @agent(
     "locks",
     topic=LOCK_COMMANDS,
-    tables=("locks", "seen"),
+    tables=("locks", SEEN_TABLE),
     on_invalid=_reply_invalid,
     on_assigned=_on_assigned,
     tick_seconds=lambda settings: settings.lock_expiry_check_seconds,
@@ -301,18 +300,13 @@ async def lock_agent(stream: BatchStream[LockCommand]) -> None:
     """Answer lock commands, expire locks whose TTL passed, mirror the state to Redis."""
     state = _agent_state(stream.settings)
     async for batch in stream:
-        locks, seen = batch.table("locks"), batch.table("seen")
+        locks = batch.table("locks")
         now = batch.now_ms
         for record in batch:
             with batch.guard(record):
                 _handle(batch, record, state, now)
         _expire_due(batch, state, now)
-        if now >= state.next_sweep_ms:
-            state.next_sweep_ms = now + _DEDUPE_SWEEP_MS
-            for partition in batch.partitions:
-                for event_id, expires in list(seen.items(partition)):
-                    if expires <= now:
-                        seen.delete(event_id, partition)
+        state.seen.sweep(batch)
         if not state.mirror.out_of_sync:
             await state.mirror.flush()
         elif batch.tick:
@@ -323,12 +317,12 @@ async def lock_agent(stream: BatchStream[LockCommand]) -> None:
 def _handle(batch: Batch[LockCommand], record: Record[LockCommand], state: _LockAgentState, now: int) -> None:
     command = record.event
     partition = record.partition
-    locks, seen = batch.table("locks"), batch.table("seen")
-    if seen.get(command.event_id, partition) is not None:
+    locks = batch.table("locks")
+    if state.seen.contains(batch, command.event_id, partition):
         state.duplicates += 1
         logger.info("duplicate lock command %s ignored", command.event_id)
         return
-    seen.set(command.event_id, now + state.dedupe_ttl_ms, partition)
+    state.seen.add(batch, command.event_id, partition)
     tenant = command.tenant
     current = LockRecord.from_table(locks.get(tenant, partition))
     expired = expire(current, now)

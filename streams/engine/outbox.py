@@ -96,7 +96,7 @@ class Outbox:
 
     async def _send(self, batch: object, topic: str, partition: int) -> asyncio.Future[object]:
         batch.close()  # type: ignore[attr-defined]
-        return await self._producer.send_batch(batch, topic, partition=partition)  # type: ignore[arg-type]
+        return await self._producer.send_batch(batch, topic, partition=partition)
 
     async def _partition_for(self, topic: str, key: bytes | None) -> int:
         partitions = self._partition_counts.get(topic)

@@ -389,7 +389,7 @@ class AgentRunner:
             await consumer.stop()
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, runner: AgentRunner) -> None:
         self._runner = runner
 

@@ -65,7 +65,7 @@ class StreamEngine(Service):
         self.producer: AIOKafkaProducer | None = None
         self.live_producer: AIOKafkaProducer | None = None
         self.runners: list[AgentRunner] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._runner_tasks: list[asyncio.Task[None]] = []
 
     async def on_start(self) -> None:
         specs = registered_agents()
@@ -77,18 +77,19 @@ class StreamEngine(Service):
         for spec in specs:
             runner = AgentRunner(spec, self.settings, self.producer, self.live_producer)
             self.runners.append(runner)
-            self._tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
+            self._runner_tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
         logger.info("stream engine started agents: %s", ", ".join(spec.name for spec in specs) or "none")
 
     async def on_stop(self) -> None:
         for runner in self.runners:
             await runner.stop()
         # Let each agent finish and commit its batch in flight; cancel what is still busy after that.
-        _, busy = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS) if self._tasks else (set(), set())
+        tasks = self._runner_tasks
+        _, busy = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS) if tasks else (set(), set())
         for task in busy:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*self._runner_tasks, return_exceptions=True)
+        self._runner_tasks = []
         for producer in (self.live_producer, self.producer):
             if producer is not None:
                 await producer.stop()

@@ -48,7 +48,7 @@ class PartitionStore:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items():
             if key != _OFFSET_KEY:
-                yield bytes(key), bytes(value)
+                yield bytes(key), bytes(value)  # type: ignore[arg-type]  # raw mode: always bytes
 
     @property
     def changelog_offset(self) -> int:

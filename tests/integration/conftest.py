@@ -180,6 +180,23 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.stop()
 
 
+@pytest.fixture
+def model_server_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Model servers of a test's own, to kill or to start late (on a given port); all stopped afterwards."""
+    from connectors.model_server import EmbeddedModelServer
+
+    started: list[EmbeddedModelServer] = []
+
+    def make(port: int | None = None) -> EmbeddedModelServer:
+        server = EmbeddedModelServer(port=port, log_path=tmp_path / f"model-server-{len(started)}.log")
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
 class TurnClient:
     """Sends conversation turns and reads the TurnEvents (and DLQ entries) that answer them."""
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,21 +23,6 @@ from tests.integration.conftest import ADMIN, LockClient, Stack, TurnClient
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedModelServer]]:
-    """Model servers of a test's own, to kill or to start late; all stopped afterwards."""
-    started: list[EmbeddedModelServer] = []
-
-    def make(port: int | None = None) -> EmbeddedModelServer:
-        server = EmbeddedModelServer(port=port, log_path=tmp_path / f"model-server-{len(started)}.log")
-        started.append(server)
-        return server.start()
-
-    yield make
-    for server in started:
-        server.stop()
-
-
 def _turn(tenant: str, prompt: str, max_tokens: int = 24) -> dict[str, Any]:
     return {"tenant": tenant, "session_id": f"s-{uuid.uuid4().hex[:10]}", "user": "ann", "prompt": prompt,
             "max_tokens": max_tokens, "temperature": 0}
@@ -51,10 +35,10 @@ async def _dlq_entry(turns: TurnClient, turn: ConversationTurn) -> Any:
 
 
 async def test_a_provider_killed_mid_answer_fails_the_turn_and_dead_letters_it(
-    stack_factory: Callable[[], Stack], server_factory: Callable[..., EmbeddedModelServer],
+    stack_factory: Callable[[], Stack], model_server_factory: Callable[..., EmbeddedModelServer],
     turn_client_factory: Any, tenant: str,
 ) -> None:
-    server = server_factory()
+    server = model_server_factory()
     stack = stack_factory()
     stack.worker(OPENAI_BASE_URL=server.base_url, SOMA_LLM_MAX_RETRIES="0").wait_ready("conversation")
     turns: TurnClient = await turn_client_factory(stack.bootstrap)
@@ -73,7 +57,7 @@ async def test_a_provider_killed_mid_answer_fails_the_turn_and_dead_letters_it(
 
 
 async def test_the_circuit_opens_on_a_dead_provider_and_recovers_when_it_returns(
-    stack_factory: Callable[[], Stack], server_factory: Callable[..., EmbeddedModelServer],
+    stack_factory: Callable[[], Stack], model_server_factory: Callable[..., EmbeddedModelServer],
     turn_client_factory: Any, tenant: str,
 ) -> None:
     port = free_port()
@@ -94,7 +78,7 @@ async def test_the_circuit_opens_on_a_dead_provider_and_recovers_when_it_returns
     for turn, _ in failures:
         assert (await _dlq_entry(turns, turn)).error_class in ("LLMUnavailable", "CircuitOpenError")
 
-    server_factory(port=port)  # the provider comes back
+    model_server_factory(port=port)  # the provider comes back
     await asyncio.sleep(3.5)  # past the breaker's reset timeout: the next call is the probe
     _, recovered = await turns.ask(_turn(tenant, "Hello again?"))
     assert recovered.type == "completed", recovered.error

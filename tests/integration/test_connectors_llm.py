@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import openai
 import pytest
@@ -37,28 +36,6 @@ STORY: list[ChatMessage] = [
     {"role": "system", "content": "You are a storyteller."},
     {"role": "user", "content": "Write a long story about a dragon who learns to bake bread."},
 ]
-
-
-@pytest.fixture(scope="module")
-def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedModelServer]:
-    log = tmp_path_factory.mktemp("llm") / "model-server.log"
-    with EmbeddedModelServer(log_path=log) as server:
-        yield server
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., EmbeddedModelServer]]:
-    """Extra servers for tests that kill them or bring them up late; all stopped afterwards."""
-    started: list[EmbeddedModelServer] = []
-
-    def make(port: int | None = None) -> EmbeddedModelServer:
-        server = EmbeddedModelServer(port=port, log_path=tmp_path / f"model-server-{len(started)}.log")
-        started.append(server)
-        return server.start()
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture
@@ -207,9 +184,9 @@ async def test_dead_port_fails_after_retries_then_the_circuit_fails_fast(
 
 @pytest.mark.timeout(120)
 async def test_server_killed_mid_stream_raises_stream_error(
-    server_factory: Callable[..., EmbeddedModelServer], client_factory: Callable[..., ChatClient]
+    model_server_factory: Callable[..., EmbeddedModelServer], client_factory: Callable[..., ChatClient]
 ) -> None:
-    server = server_factory()
+    server = model_server_factory()
     client = client_factory(server, max_retries=3, backoff_initial=0.05)
     received: list[str] = []
 
@@ -232,7 +209,7 @@ async def test_server_killed_mid_stream_raises_stream_error(
 
 @pytest.mark.timeout(180)
 async def test_probe_closes_the_circuit_once_the_server_is_back(
-    server_factory: Callable[..., EmbeddedModelServer], client_factory: Callable[..., ChatClient]
+    model_server_factory: Callable[..., EmbeddedModelServer], client_factory: Callable[..., ChatClient]
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
@@ -247,7 +224,7 @@ async def test_probe_closes_the_circuit_once_the_server_is_back(
     with pytest.raises(CircuitOpenError):
         await collect(client, QUESTION, max_tokens=8)
 
-    server = server_factory(port=port)  # back on the same port (loading takes a few seconds)
+    server = model_server_factory(port=port)  # back on the same port (loading takes a few seconds)
     assert server.base_url == url
     await asyncio.sleep(breaker.retry_in + 0.05)
 

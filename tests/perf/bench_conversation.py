@@ -17,6 +17,11 @@ Two ways to read "added":
 2. distribution: client TTFT percentiles minus the direct run's percentiles (noisier: llama.cpp
    answers one request at a time, so at 10 and 50 sessions most of either TTFT is queueing).
 
+Load (``--load``): ``closed`` (default) — each session sends its next turn once its last one is
+answered, as people in conversations do; ``burst`` — every round all sessions send at the same
+instant (the worst case: every turn's model request is prepared at once on the worker's one event
+loop, so the last one waits for all the others' request building).
+
 Run from the repository root::
 
     .venv/bin/python -m tests.perf.bench_conversation [--rounds 3] [--levels 1,10,50]
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +89,7 @@ class EventWatcher:
         self.return_leg: dict[str, float] = {}
         self.completed: dict[str, TurnEvent] = {}
         self.failed: dict[str, TurnEvent] = {}
+        self._answered: dict[str, asyncio.Event] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -113,16 +120,17 @@ class EventWatcher:
                         self.return_leg[event.turn_id] = arrived_wall - message.timestamp
                     elif event.type == "completed":
                         self.completed[event.turn_id] = event
+                        self._finish(event.turn_id)
                     elif event.type == "failed":
                         self.failed[event.turn_id] = event
+                        self._finish(event.turn_id)
 
-    async def wait(self, turn_ids: list[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(t in self.completed or t in self.failed for t in turn_ids):
-            if time.monotonic() > deadline:
-                missing = [t for t in turn_ids if t not in self.completed and t not in self.failed]
-                raise TimeoutError(f"{len(missing)} turns unanswered after {timeout} s")
-            await asyncio.sleep(0.02)
+    def expect(self, turn_id: str) -> asyncio.Event:
+        """An event set when the turn's ``completed`` or ``failed`` arrives."""
+        return self._answered.setdefault(turn_id, asyncio.Event())
+
+    def _finish(self, turn_id: str) -> None:
+        self._answered.setdefault(turn_id, asyncio.Event()).set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -131,60 +139,69 @@ class EventWatcher:
             await self._consumer.stop()
 
 
-async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: EventWatcher) -> None:
+async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: EventWatcher, load: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
+
+    async def one(index: int, round_: int) -> None:
+        # A fresh session for every turn: no history, so the model sees exactly the direct run's prompts.
+        session = f"bench-{uuid.uuid4().hex[:8]}"
+        turn = ConversationTurn(tenant="bench", session_id=session, user="bench",
+                                prompt=PROMPTS[(index + round_) % len(PROMPTS)], max_tokens=MAX_TOKENS,
+                                temperature=0)
+        value = encode_event(turn)
+        answered = watcher.expect(turn.event_id)
+        sent, sent_wall = time.perf_counter(), time.time() * 1000
+        await producer.send(CONVERSATION_TURNS.name, value, key=session.encode())
+        await asyncio.wait_for(answered.wait(), timeout=300)
+        turn_id = turn.event_id
+        if turn_id in watcher.failed:
+            raise RuntimeError(f"turn failed: {watcher.failed[turn_id].error}")
+        client = (watcher.first_chunk[turn_id] - sent) * 1000
+        provider = watcher.completed[turn_id].ttft_ms or 0.0
+        level.client_ttft.append(client)
+        level.agent_provider_ttft.append(provider)
+        level.added.append(client - provider)
+        level.pickup.append(watcher.started_at[turn_id] - sent_wall)
+        level.return_leg.append(watcher.return_leg[turn_id])
+
     try:
-        for round_ in range(rounds):
-            # Fresh sessions every round: no history, so the model sees exactly the direct run's prompts.
-            sessions = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(level.sessions)]
-            sent: dict[str, float] = {}
-            sent_wall: dict[str, float] = {}
-
-            async def send(index: int, session: str, round_: int = round_, sent: dict[str, float] = sent,
-                           sent_wall: dict[str, float] = sent_wall) -> None:
-                turn = ConversationTurn(tenant="bench", session_id=session, user="bench",
-                                        prompt=PROMPTS[(index + round_) % len(PROMPTS)],
-                                        max_tokens=MAX_TOKENS, temperature=0)
-                value = encode_event(turn)
-                sent[turn.event_id] = time.perf_counter()
-                sent_wall[turn.event_id] = time.time() * 1000
-                await producer.send(CONVERSATION_TURNS.name, value, key=session.encode())
-
-            await asyncio.gather(*(send(i, s) for i, s in enumerate(sessions)))
-            await producer.flush()
-            await watcher.wait(list(sent), timeout=300)
-            for turn_id, at in sent.items():
-                if turn_id in watcher.failed:
-                    raise RuntimeError(f"turn failed: {watcher.failed[turn_id].error}")
-                client = (watcher.first_chunk[turn_id] - at) * 1000
-                provider = watcher.completed[turn_id].ttft_ms or 0.0
-                level.client_ttft.append(client)
-                level.agent_provider_ttft.append(provider)
-                level.added.append(client - provider)
-                level.pickup.append(watcher.started_at[turn_id] - sent_wall[turn_id])
-                level.return_leg.append(watcher.return_leg[turn_id])
+        await _drive(one, level.sessions, rounds, load)
     finally:
         await producer.stop()
 
 
-async def direct(base_url: str, level: Level, rounds: int) -> None:
+async def direct(base_url: str, level: Level, rounds: int, load: str) -> None:
     client = ChatClient(base_url, "no-key", SMOLLM2_MODEL_ALIAS)
-    try:
-        for round_ in range(rounds):
-            async def one(index: int, round_: int = round_) -> None:
-                started = time.perf_counter()
-                prompt = PROMPTS[(index + round_) % len(PROMPTS)]
-                first: float | None = None
-                async for item in client.stream_chat([{"role": "user", "content": prompt}],
-                                                     max_tokens=MAX_TOKENS, temperature=0):
-                    if isinstance(item, ChatDelta) and first is None:
-                        first = (time.perf_counter() - started) * 1000
-                level.direct_ttft.append(first if first is not None else float("nan"))
 
-            await asyncio.gather(*(one(i) for i in range(level.sessions)))
+    async def one(index: int, round_: int) -> None:
+        started = time.perf_counter()
+        prompt = PROMPTS[(index + round_) % len(PROMPTS)]
+        first: float | None = None
+        async for item in client.stream_chat([{"role": "user", "content": prompt}],
+                                             max_tokens=MAX_TOKENS, temperature=0):
+            if isinstance(item, ChatDelta) and first is None:
+                first = (time.perf_counter() - started) * 1000
+        level.direct_ttft.append(first if first is not None else float("nan"))
+
+    try:
+        await _drive(one, level.sessions, rounds, load)
     finally:
         await client.close()
+
+
+async def _drive(one: Callable[[int, int], Awaitable[None]], sessions: int, rounds: int, load: str) -> None:
+    """``closed``: every session sends its next turn when its last one is answered (conversations);
+    ``burst``: every round, all sessions send at the same instant and wait for all answers."""
+    if load == "closed":
+        async def session(index: int) -> None:
+            for round_ in range(rounds):
+                await one(index, round_)
+
+        await asyncio.gather(*(session(i) for i in range(sessions)))
+    else:
+        for round_ in range(rounds):
+            await asyncio.gather(*(one(i, round_) for i in range(sessions)))
 
 
 def report(levels: list[Level]) -> bool:
@@ -235,16 +252,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[Level]:
         await watcher.start()
         try:
             print("warming up ...", flush=True)
-            await through_kafka(broker.bootstrap_servers, Level(4), 2, watcher)
-            await direct(server.base_url, Level(4), 1)
+            await through_kafka(broker.bootstrap_servers, Level(4), 2, watcher, "burst")
+            await direct(server.base_url, Level(4), 1, "burst")
             levels = []
             for sessions in args.levels:
                 level = Level(sessions)
                 rounds = max(args.rounds, -(-args.min_turns // sessions))
                 print(f"{sessions} concurrent sessions x {rounds} rounds: through Kafka ...", flush=True)
-                await through_kafka(broker.bootstrap_servers, level, rounds, watcher)
+                await through_kafka(broker.bootstrap_servers, level, rounds, watcher, args.load)
                 print(f"{sessions} concurrent sessions x {rounds} rounds: direct ...", flush=True)
-                await direct(server.base_url, level, rounds)
+                await direct(server.base_url, level, rounds, args.load)
                 levels.append(level)
             return levels
         finally:
@@ -256,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="1,10,50", help="concurrent sessions to measure (default 1,10,50)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of turns per level (default 2)")
     parser.add_argument("--min-turns", type=int, default=30, help="at least this many turns per level (default 30)")
+    parser.add_argument("--load", choices=["closed", "burst"], default="closed",
+                        help="closed (default): each session sends its next turn when its last one is answered, "
+                        "like people in conversation; burst: all sessions send at the same instant every round "
+                        "(the worst case: every turn's request is prepared at once)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment of the worker, e.g. SOMA_BATCH_WAIT_MS=5 (repeatable)")
@@ -268,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"\nbenchmark failed: {type(exc).__name__}: {exc}\nlogs kept in {workdir}", file=sys.stderr)
         return 2
+    print(f"\nload: {args.load}")
     report(levels)
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
