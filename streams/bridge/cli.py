@@ -16,6 +16,7 @@ from faust.cli import AppCommand, option
 
 from faust_app import command, settings
 from streams.bridge.auth import SCOPE_EVENTS_READ, SCOPE_TURNS_WRITE, mint_token
+from streams.gcpause import freeze_long_lived
 
 __all__ = ["raise_open_files_limit", "serve"]
 
@@ -49,22 +50,6 @@ def _log_slow_collections(threshold: float = 0.05) -> None:
     gc.callbacks.append(callback)
 
 
-async def _freeze_long_lived(interval: float = 2.0) -> None:
-    """Move objects that outlived a young collection out of the collector's reach, every ``interval`` seconds.
-
-    Ten thousand connections are millions of long-lived objects; every generation-1/2 collection
-    walked them and stalled the loop (70+ ms pauses measured with 10,000 streams), which is every
-    client's latency. Frozen objects are still freed by reference counting; only cyclic garbage that
-    survived the young collection right before the freeze stays, which the bridge hardly makes. The
-    oldest generation is collected far less often than Python's default for the same reason.
-    """
-    gc.set_threshold(10_000, 20, 1000)
-    while True:
-        await asyncio.sleep(interval)
-        gc.collect(1)
-        gc.freeze()
-
-
 async def serve(host: str, port: int) -> None:
     """Run the bridge until SIGTERM or SIGINT; then tell clients to reconnect elsewhere and stop."""
     from streams.bridge.app import create_app
@@ -87,7 +72,7 @@ async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    freezer = asyncio.create_task(_freeze_long_lived())
+    freezer = asyncio.create_task(freeze_long_lived())
     logger.info("bridge listening on http://%s:%d (open files limit %d)", host, port, limit)
     print(f"soma bridge: listening on http://{host}:{port}", flush=True)
     try:

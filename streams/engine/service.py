@@ -14,6 +14,7 @@ from faust_app import Settings, app, settings
 from streams.catalog import all_topics, ensure_topics
 from streams.engine.registry import registered_agents
 from streams.engine.runner import AgentRunner
+from streams.gcpause import freeze_long_lived
 from streams.kafka import admin_factory, producer_factory
 
 __all__ = ["StreamEngine", "changelog_topics", "prepare_topics"]
@@ -66,6 +67,7 @@ class StreamEngine(Service):
         self.live_producer: AIOKafkaProducer | None = None
         self.runners: list[AgentRunner] = []
         self._runner_tasks: list[asyncio.Task[None]] = []
+        self._freezer: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
         specs = registered_agents()
@@ -78,9 +80,12 @@ class StreamEngine(Service):
             runner = AgentRunner(spec, self.settings, self.producer, self.live_producer)
             self.runners.append(runner)
             self._runner_tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
+        self._freezer = asyncio.create_task(freeze_long_lived(), name="gc-freeze")
         logger.info("stream engine started agents: %s", ", ".join(spec.name for spec in specs) or "none")
 
     async def on_stop(self) -> None:
+        if self._freezer is not None:
+            self._freezer.cancel()
         for runner in self.runners:
             await runner.stop()
         # Let each agent finish and commit its batch in flight; cancel what is still busy after that.
