@@ -44,6 +44,10 @@ Ctrl-C stops the worker{and_others}.
 """
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_local_stack(
     bootstrap: str | None,
     embedded_port: int,
@@ -86,6 +90,8 @@ def run_local_stack(
                         and_others="".join(f" and {name}" for name in others)),
           file=sys.stderr, flush=True)
     worker = subprocess.Popen([sys.executable, "-m", "faust_app", *worker_args], env=env)
+    # SIGTERM (a process manager, `kill`) stops the stack like Ctrl-C does, children included.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return worker.wait()
     except KeyboardInterrupt:
@@ -96,6 +102,7 @@ def run_local_stack(
             worker.kill()
             return worker.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if model_server is not None:
             model_server.stop()
         if broker is not None:
