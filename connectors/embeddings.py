@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 import openai
 from openai import AsyncOpenAI
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState
 
 from connectors.circuit import CircuitBreaker
 from connectors.exceptions import (
@@ -48,7 +48,8 @@ from connectors.exceptions import (
     EmbeddingsRequestError,
     EmbeddingsUnavailable,
 )
-from connectors.llm import is_transient, wait_retry_after
+from connectors.llm import is_transient
+from connectors.retry import backoff_policy
 
 __all__ = [
     "PACKAGED_MODEL",
@@ -337,16 +338,9 @@ class OpenAIEmbedder:
                 self.breaker.release()
 
     async def _request_with_retries(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_retry_after(
-                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
-                                        jitter=self.backoff_initial),
-                cap=self.max_retry_after,
-            ),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry,
-            reraise=True,
+        retrying = backoff_policy(
+            attempts=self.max_retries + 1, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
+            retry_on=is_transient, before_sleep=self._log_retry, max_retry_after=self.max_retry_after,
         )
         attempts = 0
         extra: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}

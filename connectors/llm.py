@@ -38,11 +38,9 @@ used: it is not a dependency, and providers that use its encodings send usage an
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol, TypedDict, cast
@@ -52,13 +50,8 @@ from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletionChunk
 from openai.types.completion_usage import CompletionUsage
 from tenacity import (
-    AsyncRetrying,
     RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
 )
-from tenacity.wait import wait_base
 
 from connectors.circuit import CircuitBreaker
 from connectors.exceptions import (
@@ -67,6 +60,7 @@ from connectors.exceptions import (
     LLMUnavailable,
     TokenCountUnavailable,
 )
+from connectors.retry import backoff_policy, retry_after_seconds, wait_retry_after
 from schemas.conversation import TokenUsage
 
 __all__ = [
@@ -175,66 +169,6 @@ class GGUFTokenizer:
 
 
 # -- retry policy ---------------------------------------------------------------------------------
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """How long the server asked us to wait, from its response headers, or ``None`` if it did not say.
-
-    Understands OpenAI's ``retry-after-ms`` (milliseconds) and the standard ``Retry-After`` in both
-    forms: delta-seconds (``"2"``, also fractional) and an HTTP date (relative to ``now``, a Unix
-    time, default the current time). Negative or unparsable values count as "not said"; a date in the
-    past means "now" (0).
-    """
-    if not headers:
-        return None
-    lowered = {key.lower(): value for key, value in headers.items()}
-    raw_ms = lowered.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            value = float(raw_ms) / 1000.0
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        pass
-    else:
-        return value if math.isfinite(value) and value >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; parsedate gives naive for "-0000"
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-def _retry_after_of(exc: BaseException | None) -> float | None:
-    if isinstance(exc, openai.APIStatusError):
-        return retry_after_seconds(exc.response.headers)
-    return None
-
-
-class wait_retry_after(wait_base):  # named like tenacity's own wait strategies
-    """Wait what the server's ``Retry-After`` says (at most ``cap`` seconds), else ``fallback``."""
-
-    def __init__(self, fallback: wait_base, cap: float) -> None:
-        self.fallback = fallback
-        self.cap = cap
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        hinted = _retry_after_of(outcome.exception() if outcome is not None else None)
-        if hinted is not None:
-            return min(hinted, self.cap)
-        return float(self.fallback(retry_state))
 
 
 class _StreamStalled(Exception):
@@ -470,16 +404,9 @@ class ChatClient:
         Returns the stream, the chunks read so far (the last one carries the first text, or the
         stream is finished) and the number of attempts made.
         """
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_retry_after(
-                wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
-                                        jitter=self.backoff_initial),
-                cap=self.max_retry_after,
-            ),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry,
-            reraise=True,
+        retrying = backoff_policy(
+            attempts=self.max_retries + 1, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
+            retry_on=is_transient, before_sleep=self._log_retry, max_retry_after=self.max_retry_after,
         )
         attempts = 0
         try:

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState
 
 from connectors.circuit import CircuitBreaker
 from connectors.exceptions import (
@@ -52,6 +52,7 @@ from connectors.exceptions import (
     VectorStoreRequestError,
     VectorStoreUnavailable,
 )
+from connectors.retry import backoff_policy
 
 __all__ = [
     "TENANT_KEY",
@@ -214,13 +215,9 @@ class VectorStore:
                 self.breaker.release()
 
     async def _with_retries(self, what: str, operation: Callable[[QdrantClient], T], collection: str | None) -> T:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(multiplier=self.backoff_initial, max=self.backoff_max,
-                                         jitter=self.backoff_initial),
-            retry=retry_if_exception(is_transient),
-            before_sleep=self._log_retry,
-            reraise=True,
+        retrying = backoff_policy(
+            attempts=self.attempts, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
+            retry_on=is_transient, before_sleep=self._log_retry,
         )
         attempts = 0
         try:
