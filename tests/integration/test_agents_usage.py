@@ -232,7 +232,10 @@ async def test_budget_alerts_once_each_even_across_a_worker_restart(
         await client.send(usage(BUDGET_TENANT, "2025-03-05T10:00:00Z", cost=cost))
     first = await client.wait_reports(BUDGET_TENANT, "budget_alert", count=1)
     assert [(a.method, a.threshold, a.period) for a in first] == [("actual", 0.8, "month")]
-    assert first[0].budget_usd == 1.0 and first[0].spent_usd == pytest.approx(0.85)
+    # The alert reports the spend when the batch that crossed 80 % was accounted: after the second event
+    # (0.85) or, when all three arrive in one batch, after the third (0.95).
+    assert first[0].budget_usd == 1.0
+    assert first[0].spent_usd in (pytest.approx(0.85), pytest.approx(0.95)), first[0].spent_usd
 
     stack, worker = usage_stack
     worker.stop()
