@@ -45,7 +45,7 @@ from agents.memory import retrieve
 from agents.pricing import PriceTable
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
-from connectors.model_server import prompt_renderer_for_model
+from connectors.model_server import local_tokenizer_for_model, prompt_renderer_for_model
 from schemas import ConversationTurn, Hit, LockState, SchemaError, Source, TurnEvent, UsageEvent, caused_by
 from schemas.conversation import TokenUsage, TurnEventType
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
@@ -133,10 +133,12 @@ class _ConversationState:
         breaker = track_breaker(CircuitBreaker(
             "llm", failure_threshold=settings.llm_circuit_failures, reset_timeout=settings.llm_circuit_reset_seconds
         ))
+        local_tokenizer = local_tokenizer_for_model(settings.openai_model)
         client = ChatClient(
             settings.llm_base_url, settings.openai_api_key, settings.openai_model,
             timeout=settings.llm_timeout_seconds, max_retries=settings.llm_max_retries, breaker=breaker,
             prompt_renderer=prompt_renderer_for_model(settings.openai_model),
+            local_tokenizer=local_tokenizer, server_tokenizer=False if local_tokenizer is not None else None,
         )
         provider = settings.llm_provider or (
             "llama.cpp" if settings.uses_embedded_model else urlparse(settings.llm_base_url).hostname or "openai"

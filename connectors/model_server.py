@@ -45,7 +45,7 @@ from typing import IO
 
 from connectors.broker import free_port, port_answers
 from connectors.exceptions import ModelServerError
-from connectors.llm import PromptRenderer, render_chatml
+from connectors.llm import GGUFTokenizer, LocalTokenizer, PromptRenderer, render_chatml
 
 __all__ = [
     "SMOLLM2_DEFAULT_SYSTEM_PROMPT",
@@ -81,6 +81,21 @@ def prompt_renderer_for_model(model: str) -> PromptRenderer:
     if model == SMOLLM2_MODEL_ALIAS or SMOLLM2_GGUF.startswith(model):
         return functools.partial(render_chatml, default_system=SMOLLM2_DEFAULT_SYSTEM_PROMPT)
     return render_chatml
+
+
+def local_tokenizer_for_model(model: str) -> LocalTokenizer | None:
+    """The packaged SmolLM2's own tokenizer (read from its GGUF) when ``model`` is it, else ``None``.
+
+    Counting in the worker beats the server's tokenize endpoint for this model: the counts are the
+    same, and llama-cpp-python serves that endpoint behind the lock of its one model, so every count
+    would queue behind all the completions waiting for it.
+    """
+    if model != SMOLLM2_MODEL_ALIAS and not SMOLLM2_GGUF.startswith(model):
+        return None
+    try:
+        return GGUFTokenizer(str(resolve_model_path()))
+    except ModelServerError:
+        return None  # the model package is not installed here: count with the server's tokenizer
 
 
 def resolve_model_path() -> Path:

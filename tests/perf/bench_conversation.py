@@ -45,7 +45,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.llm import ChatClient, ChatDelta
-from connectors.model_server import SMOLLM2_MODEL_ALIAS, EmbeddedModelServer
+from connectors.model_server import SMOLLM2_MODEL_ALIAS, EmbeddedModelServer, local_tokenizer_for_model
 from schemas import ConversationTurn, TurnEvent, decode_event, encode_event
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS
 from tests.support.stack import WorkerProcess, find_or_start_redis, start_broker
@@ -172,7 +172,11 @@ async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: Even
 
 
 async def direct(base_url: str, level: Level, rounds: int, load: str) -> None:
-    client = ChatClient(base_url, "no-key", SMOLLM2_MODEL_ALIAS)
+    # Configured as the worker configures its client (counting with the model's own tokenizer), so
+    # both runs put the same requests in the model server's queue.
+    tokenizer = local_tokenizer_for_model(SMOLLM2_MODEL_ALIAS)
+    client = ChatClient(base_url, "no-key", SMOLLM2_MODEL_ALIAS, local_tokenizer=tokenizer,
+                        server_tokenizer=False if tokenizer is not None else None)
 
     async def one(index: int, round_: int) -> None:
         started = time.perf_counter()

@@ -20,7 +20,9 @@ from connectors.llm import (
     ChatClient,
     GGUFTokenizer,
     _rejects_stream_options,
+    first_choice,
     is_transient,
+    provider_usage,
     render_chatml,
     retry_after_seconds,
     wait_retry_after,
@@ -28,8 +30,10 @@ from connectors.llm import (
 from connectors.model_server import (
     SMOLLM2_DEFAULT_SYSTEM_PROMPT,
     SMOLLM2_GGUF,
+    SMOLLM2_MODEL_ALIAS,
     EmbeddedModelServer,
     _server_setting_names,
+    local_tokenizer_for_model,
     resolve_model_path,
 )
 
@@ -133,6 +137,54 @@ def test_a_400_about_stream_options_is_recognised() -> None:
     assert _rejects_stream_options(rejected)
     assert not _rejects_stream_options(other)
     assert not _rejects_stream_options(status_error(500, body={"message": "stream_options"}))
+
+
+# -- streamed chunks (read as JSON objects, not SDK models) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chunk", "expected"),
+    [
+        ({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}, ("Hi", None)),
+        ({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}, (None, "stop")),
+        ({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}, (None, None)),
+        ({"choices": [{"index": 1, "delta": {"content": "other"}}, {"index": 0, "delta": {"content": "ok"}}]},
+         ("ok", None)),
+        ({"choices": [{"delta": {"content": "no index"}}]}, ("no index", None)),
+        ({"choices": [], "usage": {"prompt_tokens": 3}}, (None, None)),  # OpenAI's trailing usage chunk
+        ({"choices": [{"index": 0, "delta": {"content": 7}, "finish_reason": 1}]}, (None, None)),
+        ({"choices": "garbage"}, (None, None)),
+        (["not", "an", "object"], (None, None)),
+        (None, (None, None)),
+    ],
+)
+def test_first_choice_of_a_chunk(chunk: object, expected: tuple[str | None, str | None]) -> None:
+    assert first_choice(chunk) == expected
+
+
+def test_provider_usage_is_taken_as_sent() -> None:
+    usage = provider_usage({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17,
+                            "prompt_tokens_details": {"cached_tokens": 4}})
+
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens, usage.counted_by) == (12, 5, 4, "provider")
+    assert provider_usage({"prompt_tokens": 12, "completion_tokens": 5}).cached_tokens == 0  # type: ignore[union-attr]
+    assert provider_usage({"prompt_tokens": 12, "completion_tokens": 5,
+                           "prompt_tokens_details": {"cached_tokens": 99}}).cached_tokens == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("reported", [{}, {"prompt_tokens": 3}, {"prompt_tokens": "3", "completion_tokens": 1},
+                                      {"prompt_tokens": -1, "completion_tokens": 1}])
+def test_usage_without_counts_is_not_invented(reported: dict[str, object]) -> None:
+    assert provider_usage(reported) is None
+
+
+def test_the_packaged_model_is_counted_with_its_own_tokenizer() -> None:
+    tokenizer = local_tokenizer_for_model(SMOLLM2_MODEL_ALIAS)
+
+    assert isinstance(tokenizer, GGUFTokenizer)
+    assert tokenizer.count("Hello world") == 2
+    assert local_tokenizer_for_model("gpt-4o-mini") is None
 
 
 # -- prompt rendering (token counting) ------------------------------------------------------------
