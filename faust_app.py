@@ -116,8 +116,11 @@ class Settings(BaseModel):
         description="Most records an agent takes from the broker per batch.",
     )
     batch_wait_ms: int = Field(
-        20, alias="SOMA_BATCH_WAIT_MS", ge=0, le=10_000,
-        description="Longest time the broker holds a fetch open waiting for a batch to fill.",
+        100, alias="SOMA_BATCH_WAIT_MS", ge=0, le=10_000,
+        description="Longest time the broker holds an agent's fetch open while nothing new arrives. Kafka "
+        "answers as soon as data comes, so this only paces idle polling; the embedded Tansu broker answers "
+        "a waiting fetch late, adding about a quarter of this to an agent's pickup on average (measured). "
+        "Conversation turns use SOMA_TURN_FETCH_WAIT_MS instead.",
     )
     # -- operator tooling (issue 7) ------------------------------------------------------------------
     max_event_bytes: int = Field(
@@ -256,6 +259,11 @@ class Settings(BaseModel):
     max_concurrent_turns: int = Field(
         64, alias="SOMA_MAX_CONCURRENT_TURNS", ge=1, le=10_000,
         description="Turns a worker answers at once (turns of one session always run one after another).",
+    )
+    turn_fetch_wait_ms: int = Field(
+        10, alias="SOMA_TURN_FETCH_WAIT_MS", ge=1, le=10_000,
+        description="SOMA_BATCH_WAIT_MS for the conversation agent: a person waits for the first token, so "
+        "its fetches are short (each idle fetch costs worker and broker CPU).",
     )
     chunk_interval_ms: int = Field(
         50, alias="SOMA_CHUNK_INTERVAL_MS", ge=0, le=10_000,

@@ -229,6 +229,7 @@ async def _on_revoked(runner: AgentRunner, partitions: list[int]) -> None:
     on_invalid=_reply_invalid,
     on_revoked=_on_revoked,
     tick_seconds=_TICK_SECONDS,
+    fetch_wait_ms=lambda settings: settings.turn_fetch_wait_ms,
 )
 async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
     """Start a task per turn; the stream commits each turn's offset once its task is done."""

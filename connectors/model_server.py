@@ -160,7 +160,10 @@ class EmbeddedModelServer:
     ``start()`` returns once ``GET /v1/models`` answers and (with ``warmup``) a one-token completion
     has run: the first completion after loading costs seconds of one-off setup, which should not land
     on the first user's time-to-first-token. ``n_threads=None`` keeps llama.cpp's default (half the
-    cores). Output goes to ``log_path`` (with llama.cpp's per-request timings) or is discarded.
+    cores) for generating, and prompts are evaluated on as many (not on every core, llama-cpp-python's
+    default: the worker and the broker would wait for a core during every prompt, measured as 15-30 ms
+    stalls of the worker's event loop on a 2-core machine). Output goes to ``log_path`` (with
+    llama.cpp's per-request timings) or is discarded.
     """
 
     def __init__(
@@ -222,8 +225,10 @@ class EmbeddedModelServer:
             "--interrupt_requests", "false",
             "--verbose", "true" if self.log_path else "false",
         ]
-        if self.n_threads is not None:
-            command += ["--n_threads", str(self.n_threads)]
+        threads = self.n_threads or max(1, (os.cpu_count() or 2) // 2)
+        # llama-cpp-python evaluates prompts on every core by default; its threads spin while they wait
+        # for each other, so for the length of every prompt nothing else on the machine gets a core.
+        command += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
         return command
 
     def start(self) -> EmbeddedModelServer:

@@ -51,6 +51,7 @@ class AgentSpec:
     tick_seconds: float | Callable[[Settings], float] | None = None
     on_revoked: RevokedHook | None = None
     max_records: int | Callable[[Settings], int] | None = None
+    fetch_wait_ms: int | Callable[[Settings], int] | None = None
 
     def changelog_topic(self, app_id: str, table: str) -> str:
         return f"{app_id}.{self.name}.{table}.changelog"
@@ -100,6 +101,10 @@ class AgentRunner:
         self.metrics = AgentMetrics(self)
         limit = spec.max_records
         self.max_records: int = (limit(settings) if callable(limit) else limit) or settings.batch_max_records
+        wait = spec.fetch_wait_ms
+        if callable(wait):
+            wait = wait(settings)
+        self.fetch_wait_ms: int = settings.batch_wait_ms if wait is None else wait
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -135,7 +140,8 @@ class AgentRunner:
         return self._stopping
 
     async def _start_consumer(self) -> None:
-        self.consumer = consumer_factory(self.settings, group_id=self.group_id)
+        self.consumer = consumer_factory(self.settings, group_id=self.group_id,
+                                         fetch_max_wait_ms=max(1, self.fetch_wait_ms))
         await self.consumer.start()
         self.consumer.subscribe([self.spec.topic.name], listener=_Listener(self))
         self._next_tick = time.monotonic() + (self.tick_seconds or 0)

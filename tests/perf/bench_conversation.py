@@ -18,9 +18,10 @@ Two ways to read "added":
    answers one request at a time, so at 10 and 50 sessions most of either TTFT is queueing).
 
 Load (``--load``): ``closed`` (default) — each session sends its next turn once its last one is
-answered, as people in conversations do; ``burst`` — every round all sessions send at the same
-instant (the worst case: every turn's model request is prepared at once on the worker's one event
-loop, so the last one waits for all the others' request building).
+answered, as people in conversations do, and the sessions open at random moments within the first
+``--ramp-ms`` (1 s), not all in the same millisecond; ``burst`` — every round all sessions send at
+the same instant (the worst case: every turn's model request is prepared at once on the worker's one
+event loop, so the last one waits for all the others' request building, ~1.5 ms each).
 
 Run from the repository root::
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import shutil
 import statistics
 import sys
@@ -139,7 +141,7 @@ class EventWatcher:
             await self._consumer.stop()
 
 
-async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: EventWatcher, load: str) -> None:
+async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: EventWatcher, load: Load) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
 
@@ -171,7 +173,7 @@ async def through_kafka(bootstrap: str, level: Level, rounds: int, watcher: Even
         await producer.stop()
 
 
-async def direct(base_url: str, level: Level, rounds: int, load: str) -> None:
+async def direct(base_url: str, level: Level, rounds: int, load: Load) -> None:
     # Configured as the worker configures its client (counting with the model's own tokenizer), so
     # both runs put the same requests in the model server's queue.
     tokenizer = local_tokenizer_for_model(SMOLLM2_MODEL_ALIAS)
@@ -194,11 +196,25 @@ async def direct(base_url: str, level: Level, rounds: int, load: str) -> None:
         await client.close()
 
 
-async def _drive(one: Callable[[int, int], Awaitable[None]], sessions: int, rounds: int, load: str) -> None:
-    """``closed``: every session sends its next turn when its last one is answered (conversations);
-    ``burst``: every round, all sessions send at the same instant and wait for all answers."""
-    if load == "closed":
+@dataclass(frozen=True)
+class Load:
+    """How sessions send their turns: ``closed`` (opening within ``ramp_s``) or ``burst``."""
+
+    shape: str
+    ramp_s: float = 0.0
+    seed: int = 7
+
+
+async def _drive(one: Callable[[int, int], Awaitable[None]], sessions: int, rounds: int, load: Load) -> None:
+    """``closed``: every session opens at a random moment within the ramp and sends its next turn when
+    its last one is answered (conversations); ``burst``: every round, all sessions send at the same
+    instant and wait for all answers."""
+    if load.shape == "closed":
+        opening = random.Random(load.seed)  # the same moments for the Kafka and the direct run
+        delays = [opening.uniform(0, load.ramp_s) for _ in range(sessions)] if sessions > 1 else [0.0]
+
         async def session(index: int) -> None:
+            await asyncio.sleep(delays[index])
             for round_ in range(rounds):
                 await one(index, round_)
 
@@ -256,8 +272,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[Level]:
         await watcher.start()
         try:
             print("warming up ...", flush=True)
-            await through_kafka(broker.bootstrap_servers, Level(4), 2, watcher, "burst")
-            await direct(server.base_url, Level(4), 1, "burst")
+            await through_kafka(broker.bootstrap_servers, Level(4), 2, watcher, Load("burst"))
+            await direct(server.base_url, Level(4), 1, Load("burst"))
             levels = []
             for sessions in args.levels:
                 level = Level(sessions)
@@ -281,19 +297,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="closed (default): each session sends its next turn when its last one is answered, "
                         "like people in conversation; burst: all sessions send at the same instant every round "
                         "(the worst case: every turn's request is prepared at once)")
+    parser.add_argument("--ramp-ms", type=int, default=1000,
+                        help="closed load: sessions open at random moments within this many ms (default 1000)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment of the worker, e.g. SOMA_BATCH_WAIT_MS=5 (repeatable)")
     args = parser.parse_args(argv)
     args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     args.levels = [int(value) for value in args.levels.split(",")]
+    args.load = Load(args.load, args.ramp_ms / 1000)
     workdir = Path(tempfile.mkdtemp(prefix="bench-conversation-"))
     try:
         levels = asyncio.run(run(args, workdir))
     except Exception as exc:
         print(f"\nbenchmark failed: {type(exc).__name__}: {exc}\nlogs kept in {workdir}", file=sys.stderr)
         return 2
-    print(f"\nload: {args.load}")
+    shape = args.load.shape
+    print(f"\nload: {shape}" + (f" (sessions open within {args.ramp_ms} ms)" if shape == "closed" else ""))
     report(levels)
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -4,6 +4,7 @@ failing fast on an open circuit, and the embedded model server's setup checks.""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -328,7 +329,16 @@ def test_command_line_and_address() -> None:
         "--interrupt_requests": "false",
         "--verbose": "false",
         "--n_threads": "2",
+        "--n_threads_batch": "2",
     }
+
+
+def test_prompts_are_evaluated_on_as_many_threads_as_answers() -> None:
+    """llama-cpp-python would evaluate prompts on every core, leaving none to the pipeline."""
+    command = EmbeddedModelServer(model_path="/m.gguf", port=18556).command(Path("/m.gguf"))
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+
+    assert options["--n_threads"] == options["--n_threads_batch"] == str(max(1, (os.cpu_count() or 2) // 2))
 
 
 def test_environment_names_the_server_would_read_are_known() -> None:
