@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -199,15 +198,10 @@ def _turn_event(turn: ConversationTurn, type_: TurnEventType, **fields: Any) -> 
 
 def _reply_invalid(batch: Batch[ConversationTurn], record: Record[ConversationTurn], error: SchemaError) -> None:
     """Answer an invalid turn with ``failed`` when its bytes still name a tenant and a session."""
-    try:
-        payload = json.loads(record.value)
-    except ValueError:
+    payload = record.readable_fields("tenant", "session_id")
+    if payload is None:
         return
-    if not isinstance(payload, dict):
-        return
-    tenant, session, turn_id = payload.get("tenant"), payload.get("session_id"), payload.get("event_id")
-    if not (isinstance(tenant, str) and isinstance(session, str) and session):
-        return
+    tenant, session, turn_id = payload["tenant"], payload["session_id"], payload.get("event_id")
     try:
         event = TurnEvent(tenant=tenant, session_id=session, turn_id=str(turn_id or f"invalid@{record.offset}"),
                           type="failed", error=f"invalid turn: {error.reason}",

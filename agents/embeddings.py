@@ -35,7 +35,6 @@ re-driven from the DLQ with its original id runs again.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -113,15 +112,10 @@ async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
 
 def _reply_invalid(batch: Batch[EmbeddingJob], record: Record[EmbeddingJob], error: SchemaError) -> None:
     """Answer a job that failed validation, when its JSON says who asked and which job it was."""
-    try:
-        payload = json.loads(record.value)
-    except ValueError:
+    payload = record.readable_fields("tenant", "event_id")
+    if payload is None:
         return
-    if not isinstance(payload, dict):
-        return
-    tenant, event_id = payload.get("tenant"), payload.get("event_id")
-    if not isinstance(tenant, str) or not tenant or not isinstance(event_id, str) or not event_id:
-        return
+    tenant, event_id = payload["tenant"], payload["event_id"]
     try:
         result = EmbeddingResult(tenant=tenant, job_id=event_id, status="failed", causation_id=event_id,
                                  correlation_id=payload.get("correlation_id") or event_id,

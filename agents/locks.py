@@ -268,13 +268,10 @@ def _agent_state(settings: Any) -> _LockAgentState:
 
 def _reply_invalid(batch: Batch[LockCommand], record: Record[LockCommand], error: SchemaError) -> None:
     """Tell the requester why its command was refused, when the bytes say who the requester is."""
-    try:
-        payload = json.loads(record.value)
-    except ValueError:
+    payload = record.readable_fields("tenant")
+    if payload is None:
         return
-    tenant = payload.get("tenant") if isinstance(payload, dict) else None
-    if not isinstance(tenant, str) or not tenant:
-        return
+    tenant = payload["tenant"]
     try:
         event = LockState(tenant=tenant, status="rejected", detail=f"invalid command: {error.reason}",
                           command_event_id=str(payload.get("event_id") or "") or None,

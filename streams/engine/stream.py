@@ -17,6 +17,7 @@ agent: they go to the dead-letter topic with their reason.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import traceback
@@ -52,6 +53,22 @@ class Record(Generic[E]):
     value: bytes
     headers: list[tuple[str, bytes]]
     event: E = field(default=None)  # type: ignore[assignment]
+
+    def readable_fields(self, *required: str) -> dict[str, Any] | None:
+        """The value as a JSON object when it names each of ``required`` as a non-empty string, else None.
+
+        For answering an event that failed validation: the requester can be told why only when the
+        bytes still say who it is (the tenant, the session, the job).
+        """
+        try:
+            payload = json.loads(self.value)
+        except ValueError:
+            return None
+        if not isinstance(payload, dict):
+            return None
+        if not all(isinstance(payload.get(name), str) and payload[name] for name in required):
+            return None
+        return payload
 
 
 class Batch(Generic[E]):
