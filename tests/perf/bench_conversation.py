@@ -21,7 +21,7 @@ Load (``--load``): ``closed`` (default) — each session sends its next turn onc
 answered, as people in conversations do, and the sessions open at random moments within the first
 ``--ramp-ms`` (1 s), not all in the same millisecond; ``burst`` — every round all sessions send at
 the same instant (the worst case: every turn's model request is prepared at once on the worker's one
-event loop, so the last one waits for all the others' request building, ~1.5 ms each).
+event loop, so the last one waits for all the others' request building, ~1.3 ms each).
 
 Run from the repository root::
 
