@@ -128,6 +128,11 @@ class Settings(BaseModel):
         description="Largest event an agent accepts; a bigger one goes to the DLQ (EventTooLarge), "
         "from where it can be re-driven after this limit is raised.",
     )
+    quarantine_after_crashes: int = Field(
+        3, alias="SOMA_QUARANTINE_AFTER_CRASHES", ge=1, le=100,
+        description="Crashes of an agent at one record (alone in its batch) after which that record is "
+        "quarantined to the DLQ and the agent moves past it.",
+    )
 
     # -- usage metrics (agents/usage.py, agents/pricing.py) ---------------------------------------
     prices_file: Path | None = Field(

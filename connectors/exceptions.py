@@ -14,7 +14,13 @@ class BrokerStartError(ConnectorError):
 
 
 class DependencyUnavailable(ConnectorError):
-    """An outside system (Redis, the LLM, Qdrant) did not answer after its retries."""
+    """An outside system (Redis, the LLM, Qdrant) did not answer after its retries.
+
+    ``retriable`` follows Kafka's convention (aiokafka's errors carry it too): the failure is the
+    dependency's, not the record's, so the engine never quarantines a record for it.
+    """
+
+    retriable = True
 
 
 class CircuitOpenError(DependencyUnavailable):

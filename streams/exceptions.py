@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas.exceptions import DecodeError
 
-__all__ = ["EventTooLarge", "StreamsError", "UnknownTopicError"]
+__all__ = ["EventTooLarge", "KeyMismatch", "OutputTooLarge", "StreamsError", "UnknownTopicError"]
 
 
 class StreamsError(Exception):
@@ -21,3 +21,11 @@ class EventTooLarge(DecodeError):
     A :class:`~schemas.exceptions.DecodeError` so the engine treats it like any unreadable input: the
     original bytes go to the DLQ with the reason, and the agent's invalid-input handler can answer.
     """
+
+
+class KeyMismatch(StreamsError):
+    """A record's Kafka key is not the field its topic is keyed by, even after it was re-routed once."""
+
+
+class OutputTooLarge(StreamsError):
+    """An output message does not fit in one producer batch; it can never be sent as it is."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from streams.exceptions import OutputTooLarge
+
 __all__ = ["Outbox", "Outgoing"]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ class Outbox:
         self._partitioner = DefaultPartitioner()
         self._partition_counts: dict[str, list[int]] = {}
         self._messages: list[Outgoing] = []
+        #: A message the producer would refuse (the broker's limit is the same on Kafka's defaults) is
+        #: refused here, while the record that made it is still known.
+        self._max_message_bytes: int = getattr(producer, "_max_request_size", 1_048_576)
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -54,6 +59,10 @@ class Outbox:
         headers: Headers | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
+        size = len(value or b"") + len(key or b"")
+        if size > self._max_message_bytes:
+            raise OutputTooLarge(f"a message for {topic} of {size} bytes is larger than the producer's "
+                                 f"max_request_size ({self._max_message_bytes})")
         self._messages.append(Outgoing(topic, key, value, partition, headers or [], timestamp_ms))
 
     async def flush(self) -> dict[tuple[str, int], int]:
@@ -82,7 +91,8 @@ class Outbox:
                     count = 0
                     if batch.append(key=item.key, value=item.value, timestamp=item.timestamp_ms,
                                     headers=item.headers) is None:
-                        raise ValueError(f"message for {topic} is larger than the producer's batch size")
+                        raise OutputTooLarge(f"a message for {topic} of {len(item.value or b'')} bytes is larger "
+                                             "than the producer's batch size")
                 count += 1
             if count:
                 pending.append(((topic, partition), count, await self._send(batch, topic, partition)))
@@ -106,6 +116,14 @@ class Outbox:
         if key is None:
             return partitions[0]
         return int(self._partitioner(key, partitions, partitions))
+
+    def mark(self) -> int:
+        """A savepoint: what :meth:`rollback` returns to (messages collected so far)."""
+        return len(self._messages)
+
+    def rollback(self, mark: int) -> None:
+        """Forget the messages collected since ``mark`` (a failed record's outputs)."""
+        del self._messages[mark:]
 
     def discard(self) -> None:
         self._messages = []

@@ -12,26 +12,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 
 from faust_app import Settings
-from schemas import SchemaError, decode_event
+from schemas import SchemaError, decode_event, encode_event
+from schemas.exceptions import DecodeError, EncodeError
 from streams.catalog import TopicSpec
 from streams.engine.outbox import Outbox
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
-from streams.exceptions import EventTooLarge
+from streams.exceptions import EventTooLarge, KeyMismatch, OutputTooLarge
 from streams.kafka import consumer_factory, high_watermarks
 from streams.metrics import AgentMetrics
 
 __all__ = ["AgentRunner", "AgentSpec"]
 
 logger = logging.getLogger(__name__)
+
+#: Header a re-routed record carries: where it was first read (``topic[partition]@offset``).
+REROUTED_FROM = "soma.rerouted.from"
+#: Ids for events sent without one (plain JSON producers): derived from where the record sits, so a
+#: replay of that record has the same id and is recognised as a duplicate.
+_POSITION_IDS = uuid.UUID("5f0c6a8e-2b1d-4c77-9d0e-7a1b3c5d9e21")
+#: Failures that are the output's own and will recur however often it is retried.
+_DETERMINISTIC_FAILURES: tuple[type[BaseException], ...] = (
+    EncodeError, OutputTooLarge, MessageSizeTooLargeError, RecordTooLargeError,
+)
+#: Failures of the broker or of a dependency: never a record's fault, so never a reason to quarantine it.
+_INFRASTRUCTURE_FAILURES: tuple[type[BaseException], ...] = (
+    KafkaConnectionError, KafkaTimeoutError, ConnectionError, TimeoutError, OSError,
+)
 
 InvalidHandler = Callable[[Batch[Any], Record[Any], SchemaError], None]
 AssignedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
@@ -96,6 +120,18 @@ class AgentRunner:
         self._committed: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
         self._stopping = False
+        #: Records of the batch handed to the agent and not yet finished: the suspects if it crashes.
+        self._batch_records: list[Record[Any]] = []
+        #: After a crash of a batch of several records: the last offset of that batch per partition, and
+        #: the smaller batch size used until every partition has been processed past it.
+        self._suspect_ends: dict[TopicPartition, int] = {}
+        self._narrow_records = 0
+        #: Crashes counted against single records (topic, partition, offset), and the ones sent to the DLQ
+        #: as quarantined that must be skipped when they are read again.
+        self._crashes: dict[tuple[str, int, int], int] = {}
+        self._quarantined: set[tuple[str, int, int]] = set()
+        self.quarantined = 0
+        self.rerouted = 0
         tick = spec.tick_seconds
         self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
         self.metrics = AgentMetrics(self)
@@ -109,27 +145,117 @@ class AgentRunner:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the agent until cancelled, restarting it after a crash."""
+        """Run the agent until cancelled, restarting it after a crash.
+
+        A crash of a batch with records narrows the suspects: the agent is restarted on the same
+        consumer, rewound to the last committed offsets, with half the batch size, until the record that
+        crashes is alone in its batch; after ``SOMA_QUARANTINE_AFTER_CRASHES`` crashes at its offset (at
+        once for an output that can never be produced) it goes to the DLQ and the agent moves past it.
+        Failures of the broker or of a dependency restart the consumer with a backoff instead.
+        """
         backoff = 1.0
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                await self._start_consumer()
-                await self.spec.fn(BatchStream(self))
-                logger.info("agent %s stopped", self.name)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.restarts += 1
-                self.metrics.restarted()
-                logger.exception("agent %s crashed (restart %d in %.0f s)", self.name, self.restarts, backoff)
-            finally:
-                await self._cleanup()
-            if time.monotonic() - started > 60:
-                backoff = 1.0
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        try:
+            while not self._stopping:
+                started = time.monotonic()
+                delay = backoff
+                try:
+                    if self.consumer is None:
+                        await self._start_consumer()
+                    await self.spec.fn(BatchStream(self))
+                    logger.info("agent %s stopped", self.name)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.restarts += 1
+                    self.metrics.restarted()
+                    delay, kept = await self._recover_from_crash(exc, backoff)
+                    logger.exception("agent %s crashed (restart %d in %.1f s%s)", self.name, self.restarts, delay,
+                                     "" if kept else ", new consumer")
+                    if not kept:
+                        await self._cleanup()
+                if time.monotonic() - started > 60:
+                    backoff = 1.0
+                await asyncio.sleep(delay)
+                if delay >= backoff:
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            await self._cleanup()
+
+    async def _recover_from_crash(self, exc: Exception, backoff: float) -> tuple[float, bool]:
+        """Decide what the crash says about the batch in flight; return (delay, consumer kept)."""
+        suspects, self._batch_records = self._batch_records, []
+        if self._lock.locked() and self._in_batch:
+            self._in_batch = False
+            self._lock.release()
+        self.outbox.discard()
+        for table in self.tables.values():
+            table.discard_pending()
+        infrastructure = isinstance(exc, _INFRASTRUCTURE_FAILURES) or bool(getattr(exc, "retriable", False))
+        delay = backoff
+        if suspects and not infrastructure:
+            if len(suspects) == 1:
+                record = suspects[0]
+                position = (record.topic, record.partition, record.offset)
+                crashes = self._crashes[position] = self._crashes.get(position, 0) + 1
+                if crashes >= self.settings.quarantine_after_crashes or isinstance(exc, _DETERMINISTIC_FAILURES):
+                    await self._quarantine(record, exc, crashes)
+                delay = min(0.25 * crashes, backoff)
+            else:
+                self._narrow(suspects)
+                delay = 0.05
+        if infrastructure or self.consumer is None or isinstance(exc, KafkaError):
+            return delay, False
+        try:
+            await self._rewind()
+        except Exception:
+            logger.exception("agent %s: could not rewind its consumer; starting a new one", self.name)
+            return delay, False
+        return delay, True
+
+    def _narrow(self, suspects: list[Record[Any]]) -> None:
+        for record in suspects:
+            tp = TopicPartition(record.topic, record.partition)
+            self._suspect_ends[tp] = max(self._suspect_ends.get(tp, -1), record.offset)
+        self._narrow_records = max(1, len(suspects) // 2)
+        logger.warning("agent %s: a batch of %d records crashed; retrying it %d records at a time", self.name,
+                       len(suspects), self._narrow_records)
+
+    async def _quarantine(self, record: Record[Any], error: Exception, crashes: int) -> None:
+        """Send a record that keeps crashing the agent to the DLQ, and skip it from now on."""
+        message = (f"quarantined after {crashes} crash{'es' if crashes > 1 else ''} of agent {self.name} at this "
+                   f"offset: {type(error).__name__}: {error}")
+        headers, letter = dead_letter_message(record, error, self.name, crashes, message=message)
+        outbox = Outbox(self.producer)
+        outbox.send(self.spec.topic.dlq, record.key, record.value, partition=record.partition, headers=headers,
+                    timestamp_ms=record.timestamp if record.timestamp > 0 else None)
+        try:
+            await outbox.flush()
+        except Exception:
+            logger.exception("agent %s: could not quarantine %s[%d]@%d (will try again at its next crash)",
+                             self.name, record.topic, record.partition, record.offset)
+            return
+        self._quarantined.add((record.topic, record.partition, record.offset))
+        self._crashes.pop((record.topic, record.partition, record.offset), None)
+        self.quarantined += 1
+        self.dead_lettered += 1
+        self.metrics.dead_lettered(letter.error_class)
+        logger.error("agent %s: %s[%d]@%d quarantined to the DLQ: %s", self.name, record.topic, record.partition,
+                     record.offset, message)
+
+    async def _rewind(self) -> None:
+        """Seek every owned partition back to its committed offset: what was not committed is read again."""
+        consumer = self.consumer
+        assert consumer is not None
+        self._deferred, self._finished, self._positions = {}, [], {}
+        for tp in consumer.assignment():
+            committed = self._committed.get(tp)
+            if committed is None:
+                committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
 
     async def stop(self) -> None:
         """Ask the agent to stop after the batch in flight is finished and committed."""
@@ -175,7 +301,8 @@ class AgentRunner:
             wait_ms = 1000
             if tick:
                 wait_ms = max(0, min(wait_ms, int((self._next_tick - time.monotonic()) * 1000)))
-            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
+            limit = self._narrow_records if self._suspect_ends else self.max_records
+            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
             if self._stopping:
                 raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
             await self._lock.acquire()
@@ -185,7 +312,8 @@ class AgentRunner:
             if tick_due and tick:
                 self._next_tick = time.monotonic() + tick
                 batch.tick = True
-            if batch.records or batch.failed or tick_due:
+            if batch.records or batch.failed or len(self.outbox) or tick_due:
+                self._batch_records = list(batch.records)
                 self.metrics.batch_started(batch)
                 return batch
             self._in_batch = False
@@ -196,6 +324,7 @@ class AgentRunner:
         records: list[Record[Any]] = []
         batch: Batch[Any] = Batch(self, records, now_ms())
         owned = set(self.assigned_partitions)
+        read: list[Record[Any]] = []
         for tp, messages in fetched.items():
             if tp.partition not in owned:
                 continue  # revoked while the fetch was in flight; the new owner will process them
@@ -206,22 +335,68 @@ class AgentRunner:
                     list(message.headers or ()),
                 )
                 self._positions[tp] = message.offset + 1
+                if self._quarantined and (record.topic, record.partition, record.offset) in self._quarantined:
+                    continue  # already in the DLQ: it crashed the agent every time it was handled
+                read.append(record)
                 try:
                     if len(record.value) > self.settings.max_event_bytes:
                         raise EventTooLarge(f"event of {len(record.value)} bytes is larger than "
                                             f"SOMA_MAX_EVENT_BYTES ({self.settings.max_event_bytes})")
                     record.event = decode_event(record.value, model)
                 except SchemaError as exc:
-                    batch.dead_letter(record, exc)
-                    if self.spec.on_invalid is not None:
-                        try:
-                            self.spec.on_invalid(batch, record, exc)
-                        except Exception:
-                            logger.exception("invalid-input handler of agent %s failed", self.name)
+                    self._refuse(batch, record, exc)
+                    continue
+                except Exception as exc:  # a decoder bug must not stop the stream: the record is unreadable
+                    self._refuse(batch, record, DecodeError(f"{type(exc).__name__} while decoding: {exc}"))
+                    continue
+                if "event_id" not in record.event.model_fields_set:
+                    position = f"{tp.topic}/{tp.partition}/{message.offset}"
+                    record.event.event_id = str(uuid.uuid5(_POSITION_IDS, position))
+                if not self._keyed_right(batch, record):
                     continue
                 records.append(record)
+        self._batch_records = read
         self.processed += len(records)
         return batch
+
+    def _refuse(self, batch: Batch[Any], record: Record[Any], error: SchemaError) -> None:
+        batch.dead_letter(record, error)
+        if self.spec.on_invalid is not None:
+            try:
+                self.spec.on_invalid(batch, record, error)
+            except Exception:
+                logger.exception("invalid-input handler of agent %s failed", self.name)
+
+    def _keyed_right(self, batch: Batch[Any], record: Record[Any]) -> bool:
+        """Whether the record is keyed by its topic's key field; if not, send it where that key belongs.
+
+        Per-key guarantees (one lock holder per tenant, one rollup per tenant) hold only when every event
+        of a key is on that key's partition. A record with a null or wrong key is re-produced once with
+        the right key (same event id, so it is processed once there) and skipped here; one that is still
+        wrongly keyed after that is dead-lettered as :class:`KeyMismatch`.
+        """
+        value = getattr(record.event, self.spec.topic.key, None)
+        if not isinstance(value, str):
+            return True
+        expected = value.encode()
+        if record.key == expected:
+            return True
+        origin = f"{record.topic}[{record.partition}]@{record.offset}"
+        if any(name == REROUTED_FROM for name, _ in record.headers):
+            batch.dead_letter(record, KeyMismatch(
+                f"key {record.key!r} is not the {self.spec.topic.key} {value!r} even after re-routing"))
+            return False
+        try:
+            encoded = encode_event(record.event)
+        except Exception as exc:
+            batch.dead_letter(record, exc)
+            return False
+        self.outbox.send(record.topic, expected, encoded, headers=[*record.headers, (REROUTED_FROM, origin.encode())],
+                         timestamp_ms=record.timestamp if record.timestamp > 0 else None)
+        self.rerouted += 1
+        logger.info("agent %s: %s keyed %r re-routed to its %s %r", self.name, origin, record.key,
+                    self.spec.topic.key, value)
+        return False
 
     def dead_letter(self, record: Record[Any], error: BaseException, attempts: int) -> None:
         headers, letter = dead_letter_message(record, error, self.name, attempts)
@@ -237,12 +412,18 @@ class AgentRunner:
         )
 
     async def finish_batch(self) -> None:
-        """Make the current batch's effects durable, then commit its offsets."""
+        """Make the current batch's effects durable, then commit its offsets.
+
+        Outputs (results, DLQ entries, re-routed records) are acknowledged before the table changes are
+        sent: a crash or a produce error in between replays the batch, which then answers again (the
+        changelog does not yet say the events were seen). The other order could lose an answer.
+        """
         if not self._in_batch:
             return
         try:
             finished, self._finished = self._finished, []
             pending_by_table = {name: table.take_pending() for name, table in self.tables.items()}
+            await self.outbox.flush()
             for name, pending in pending_by_table.items():
                 topic = self.tables[name].changelog_topic
                 for partition, changes in pending.items():
@@ -258,10 +439,23 @@ class AgentRunner:
                 if held is not None:
                     held.discard(offset)
             await self._commit()
+            self._batch_records = []
+            self._passed_suspects()
             self.metrics.batch_finished()
         finally:
             self._in_batch = False
             self._lock.release()
+
+    def _passed_suspects(self) -> None:
+        """Back to full batches once every partition of a crashed batch has been processed past it."""
+        if not self._suspect_ends:
+            return
+        for tp, last in list(self._suspect_ends.items()):
+            if self._positions.get(tp, -1) > last or tp.partition not in self.assigned_partitions:
+                del self._suspect_ends[tp]
+        if not self._suspect_ends:
+            self._narrow_records = 0
+            logger.info("agent %s: past the records of the crashed batch; full batches again", self.name)
 
     async def publish(
         self, topic: str, key: str | bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
@@ -305,6 +499,11 @@ class AgentRunner:
         try:
             await self.consumer.commit(offsets)
             self._committed.update(offsets)
+            if self._quarantined:
+                self._quarantined = {
+                    q for q in self._quarantined
+                    if q[2] >= self._committed.get(TopicPartition(q[0], q[1]), -1)
+                }
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced under us; the new owner re-reads these records and dedupes them.
             logger.warning("agent %s: offset commit failed after a rebalance: %s", self.name, exc)

@@ -84,6 +84,8 @@ class Table:
         #: Writes taken by a finish that is waiting for the broker: still the newest values for readers
         #: (agents whose work runs across batches read while a flush is in flight).
         self._flushing: dict[int, dict[bytes, bytes | None]] = {}
+        #: While a record is guarded: the pending entries its writes replaced, to undo them if it fails.
+        self._journal: list[tuple[int, bytes, bool, bytes | None]] | None = None
 
     # -- reads and writes made by agents -----------------------------------------------------------
 
@@ -100,12 +102,39 @@ class Table:
         return default if raw is None else json.loads(raw)
 
     def set(self, key: str, value: Any, partition: int) -> None:
-        self._store(partition)
-        self._pending.setdefault(partition, {})[key.encode()] = json.dumps(value, separators=(",", ":")).encode()
+        self._write(partition, key.encode(), json.dumps(value, separators=(",", ":")).encode())
 
     def delete(self, key: str, partition: int) -> None:
+        self._write(partition, key.encode(), None)
+
+    def _write(self, partition: int, key: bytes, raw: bytes | None) -> None:
         self._store(partition)
-        self._pending.setdefault(partition, {})[key.encode()] = None
+        pending = self._pending.setdefault(partition, {})
+        if self._journal is not None:
+            self._journal.append((partition, key, key in pending, pending.get(key)))
+        pending[key] = raw
+
+    # -- savepoints: a record whose handling fails leaves no write behind --------------------------
+
+    def begin(self) -> None:
+        """Start journaling writes, so :meth:`rollback` can undo those of one record."""
+        self._journal = []
+
+    def rollback(self) -> None:
+        """Undo the writes made since :meth:`begin` (newest first) and stop journaling."""
+        journal, self._journal = self._journal, None
+        for partition, key, existed, previous in reversed(journal or ()):
+            pending = self._pending.get(partition)
+            if pending is None:
+                continue
+            if existed:
+                pending[key] = previous
+            else:
+                pending.pop(key, None)
+
+    def release(self) -> None:
+        """Keep the writes made since :meth:`begin` and stop journaling."""
+        self._journal = None
 
     def items(self, partition: int) -> Iterator[tuple[str, Any]]:
         """Every key and value of a partition, including writes not yet flushed."""
@@ -166,6 +195,7 @@ class Table:
     def discard_pending(self) -> None:
         self._pending = {}
         self._flushing = {}
+        self._journal = None
 
     def commit(self, partition: int, changes: dict[bytes, bytes | None], changelog_offset: int | None) -> None:
         store = self._stores.get(partition)

@@ -135,10 +135,23 @@ class Batch(Generic[E]):
     def guard(
         self, record: Record[E], on_error: Callable[[Record[E], Exception], None] | None = None
     ) -> Iterator[None]:
-        """Contain a failure to one record: it is dead-lettered and the batch carries on."""
+        """Contain a failure to one record: it is dead-lettered and the batch carries on.
+
+        A failed record leaves nothing behind: its table writes and the outputs it emitted are undone
+        before it is dead-lettered, so a re-drive from the DLQ is handled as if it were new (its event
+        id was not remembered as seen). The body must not ``await``: another task's writes made
+        meanwhile would be undone with the record's.
+        """
+        tables = self._runner.tables.values()
+        mark = self.outbox.mark()
+        for table in tables:
+            table.begin()
         try:
             yield
         except Exception as exc:
+            self.outbox.rollback(mark)
+            for table in tables:
+                table.rollback()
             logger.warning(
                 "agent %s failed on %s[%d]@%d: %s", self._runner.name, record.topic, record.partition,
                 record.offset, exc,
@@ -150,6 +163,9 @@ class Batch(Generic[E]):
                     on_error(record, exc)
                 except Exception:
                     logger.exception("error handler of agent %s failed", self._runner.name)
+        else:
+            for table in tables:
+                table.release()
 
 
 class BatchStream(Generic[E]):
@@ -177,7 +193,7 @@ class BatchStream(Generic[E]):
 
 
 def dead_letter_message(
-    record: Record[Any], error: BaseException, agent: str, attempts: int
+    record: Record[Any], error: BaseException, agent: str, attempts: int, message: str | None = None,
 ) -> tuple[list[tuple[str, bytes]], DeadLetter]:
     letter = DeadLetter(
         topic=record.topic,
@@ -185,7 +201,7 @@ def dead_letter_message(
         offset=record.offset,
         timestamp=record.timestamp,
         error_class=type(error).__name__,
-        error_message=str(getattr(error, "reason", None) or error) or type(error).__name__,
+        error_message=message or str(getattr(error, "reason", None) or error) or type(error).__name__,
         attempts=attempts,
         agent=agent,
     )
