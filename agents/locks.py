@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from connectors.exceptions import DependencyUnavailable
 from connectors.redis import RedisConnector
-from schemas import LockCommand, LockState, SchemaError, caused_by, to_json_dict
+from schemas import LockCommand, LockState, SchemaError, caused_by, derived_event_id, to_json_dict
 from streams.catalog import LOCK_COMMANDS, LOCK_STATE
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
@@ -175,6 +175,12 @@ def expire(current: LockRecord, now_ms: int) -> LockRecord | None:
 def state_event(tenant: str, record: LockRecord, status: str, action: str, detail: str,
                 cause: LockCommand | None = None, command_event_id: str | None = None) -> LockState:
     envelope: dict[str, Any] = caused_by(cause) if cause is not None else {"tenant": tenant}
+    # The same transition handled again (a replay after a crash) gets the same id: an expiry is one
+    # per granted lock (tenant + fencing token), any other answer one per command.
+    if status == "expired":
+        envelope["event_id"] = derived_event_id(f"{tenant}/{record.fencing_token}", "expired")
+    elif cause is not None:
+        envelope["event_id"] = derived_event_id(cause.event_id, "answer")
     return LockState(
         **envelope,
         status=status,  # type: ignore[arg-type]

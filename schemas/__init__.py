@@ -23,7 +23,7 @@ from schemas.conversation import (
     TurnEvent,
 )
 from schemas.embeddings import Document, EmbeddingJob, EmbeddingResult, Hit
-from schemas.envelope import Envelope, caused_by, new_event_id, utc_now
+from schemas.envelope import Envelope, caused_by, derived_event_id, new_event_id, utc_now
 from schemas.exceptions import (
     DecodeError,
     EncodeError,
@@ -65,6 +65,7 @@ __all__ = [
     "UsageReport",
     "caused_by",
     "decode_any",
+    "derived_event_id",
     "decode_event",
     "encode_event",
     "latest_schema_id",

@@ -32,6 +32,7 @@ __all__ = [
     "Tenant",
     "UtcDatetime",
     "caused_by",
+    "derived_event_id",
     "new_event_id",
     "utc_now",
 ]
@@ -46,6 +47,19 @@ _CANONICAL_UUID = re.compile(
 def new_event_id() -> str:
     """A fresh random event id; the idempotency key of an event."""
     return str(uuid.uuid4())
+
+
+#: Namespace of :func:`derived_event_id` (uuid5).
+DERIVED_ID_NAMESPACE = uuid.UUID("8d3b1f0e-7c52-4a9e-b6f1-2e4d8a0c9b73")
+
+
+def derived_event_id(source: str, part: str) -> str:
+    """The id of the event ``part`` that ``source`` (an event id, or another stable name) gives rise to.
+
+    Deterministic: handling the same event again after a crash produces outputs with the same ids, so
+    a consumer can tell a replayed answer from a second one.
+    """
+    return str(uuid.uuid5(DERIVED_ID_NAMESPACE, f"{source}:{part}"))
 
 
 def utc_now() -> datetime:
