@@ -43,7 +43,7 @@ from typing import Any
 from agents.exceptions import JobRejected
 from agents.memory import JobPlan, Memory, shared_memory
 from connectors.exceptions import ConnectorError, EmbeddingsRequestError
-from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by
+from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by, derived_event_id
 from streams.catalog import EMBEDDING_JOBS, EMBEDDING_RESULTS, USAGE_EVENTS
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
@@ -270,7 +270,8 @@ def _answer(batch: Batch[EmbeddingJob], work: _Work, memory: Memory, started: fl
     if work.error is not None:
         _fail(batch, work.record, work.error, started)
         return
-    result = EmbeddingResult(**caused_by(job), job_id=job.event_id, status="ok", upserted=work.upserted,
+    result = EmbeddingResult(**caused_by(job), event_id=derived_event_id(job.event_id, "result"), job_id=job.event_id,
+                             status="ok", upserted=work.upserted,
                              deleted=work.deleted, hits=work.hits, latency_ms=latency_ms)
     batch.emit(EMBEDDING_RESULTS.name, job.tenant, result)
 
@@ -282,7 +283,8 @@ def _fail(batch: Batch[EmbeddingJob], record: Record[EmbeddingJob], exc: BaseExc
     logger.warning("embedding job %s (%s, tenant %s) failed: %s", job.event_id, job.job, job.tenant, reason)
     batch.dead_letter(record, exc)  # headers: the error's class and message
     batch.emit(EMBEDDING_RESULTS.name, job.tenant, EmbeddingResult(
-        **caused_by(job), job_id=job.event_id, status="failed", error=reason,
+        **caused_by(job), event_id=derived_event_id(job.event_id, "result"), job_id=job.event_id,
+        status="failed", error=reason,
         latency_ms=(time.perf_counter() - started) * 1000.0,
     ))
 
