@@ -44,6 +44,6 @@ def poison_values(valid: dict[str, Any]) -> list[tuple[str, bytes]]:
         ("infinity", _raw_field(valid, "schema_version", "-Infinity")),
         ("deep nesting", b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
         ("deep list in a field", b'{"tenant": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
-        ("huge string", _json({**valid, "tenant": "x" * 2_000_000})),
+        ("huge string", _json({**valid, "tenant": "x" * 600_000})),
         ("wrong types", _json({**valid, "tenant": ["not", "a", "string"]})),
     ]
