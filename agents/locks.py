@@ -17,14 +17,18 @@ Every change is published to the compacted ``soma.training.lock.state`` topic ke
 mirrored to Redis ``training:lock:{tenant}`` (the active state as JSON, TTL = seconds left; deleted when
 the lock is released or expires). Refusals are published keyed ``<tenant>#rejected`` so compaction never
 replaces a tenant's live state with a refusal. A command whose ``event_id`` was seen before has no
-effect and no answer. Redis is a mirror: when it is down the agent keeps answering from its table and
-rewrites every owned tenant's key once Redis is back.
+effect and no answer. Redis is a mirror: when it is down or answers errors the agent keeps answering
+from its table and rewrites every owned tenant's key once Redis accepts writes again; when Redis loses
+its data (restart without persistence, ``FLUSHALL``) the agent notices within a tick (a marker key per
+owned partition) and rewrites them too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -199,11 +203,26 @@ def state_event(tenant: str, record: LockRecord, status: str, action: str, detai
 # -- Redis mirror -------------------------------------------------------------------------------------
 
 
-class RedisMirror:
-    """Writes changed tenants to Redis once per batch; after a failure, re-syncs every owned tenant."""
+def marker_key(app_id: str, partition: int) -> str:
+    """The key that says Redis holds a full re-sync of ``partition`` (outside the tenants' namespace)."""
+    return f"training:lock-mirror:{app_id}:{partition}"
 
-    def __init__(self, connector: RedisConnector) -> None:
+
+class RedisMirror:
+    """Writes changed tenants to Redis once per batch; after a failure, re-syncs every owned tenant.
+
+    Any failure of Redis — down, slow, or answering an error (``READONLY``, ``OOM``, ``MISCONF``, …) —
+    only marks the mirror out of sync: the agent keeps answering from its table, and every tick
+    re-syncs until Redis accepts the writes. A full re-sync also writes one marker key per owned
+    partition, without TTL; on every tick :meth:`verify` asks with one ``EXISTS`` whether all of them
+    are still there, so a Redis that lost its data (a restart without persistence, ``FLUSHALL``) is
+    rewritten within a tick (``SOMA_LOCK_EXPIRY_CHECK_SECONDS``) even when no command arrives. Nothing
+    is added to the per-batch writes.
+    """
+
+    def __init__(self, connector: RedisConnector, app_id: str = "soma-streams") -> None:
         self.connector = connector
+        self.app_id = app_id
         self.pending: dict[str, tuple[LockState, int] | None] = {}
         self.out_of_sync = True  # a fresh worker writes all it owns once
 
@@ -215,22 +234,47 @@ class RedisMirror:
         if not pending or self.out_of_sync:
             return
         try:
-            await self._write(pending, attempts=1)
-        except DependencyUnavailable as exc:
-            logger.warning("redis mirror out of sync (will re-sync when redis answers): %s", exc)
+            await self._write(pending, (), attempts=1)
+        except Exception as exc:  # whatever Redis (or a bug here) does, the lock agent goes on
+            self._lost(exc)
+
+    async def verify(self, partitions: list[int]) -> None:
+        """Check that Redis still holds the last full re-sync (once per tick: one round trip)."""
+        if self.out_of_sync or not partitions:
+            return
+        keys = [marker_key(self.app_id, partition) for partition in partitions]
+        try:
+            present = await self.connector.call(lambda client: client.exists(*keys), attempts=1)
+        except Exception as exc:
+            self._lost(exc)
+            return
+        if present != len(keys):
+            logger.warning("redis lost the lock mirror (%d of %d partition markers left; restarted without "
+                           "persistence or flushed?): re-syncing every owned tenant", present, len(keys))
             self.out_of_sync = True
 
-    async def resync(self, snapshot: dict[str, tuple[LockState, int] | None]) -> None:
+    async def resync(self, snapshot: dict[str, tuple[LockState, int] | None], partitions: Iterable[int] = (),
+                     ) -> None:
+        """Write every owned tenant (``snapshot``) and the markers of ``partitions``; in sync on success."""
         try:
-            await self._write(snapshot, attempts=2)
-        except DependencyUnavailable as exc:
+            await self._write(snapshot, partitions, attempts=2)
+        except Exception as exc:
             logger.debug("redis still unavailable: %s", exc)
             return
         if self.out_of_sync:
             logger.info("redis mirror re-synced (%d tenants)", len(snapshot))
         self.out_of_sync = False
 
-    async def _write(self, entries: dict[str, tuple[LockState, int] | None], attempts: int) -> None:
+    def _lost(self, exc: Exception) -> None:
+        if isinstance(exc, DependencyUnavailable):
+            logger.warning("redis mirror out of sync (will re-sync when redis answers): %s", exc)
+        else:
+            logger.error("redis mirror out of sync after an unexpected error (will re-sync): %s: %s",
+                         type(exc).__name__, exc, exc_info=exc)
+        self.out_of_sync = True
+
+    async def _write(self, entries: dict[str, tuple[LockState, int] | None], partitions: Iterable[int],
+                     attempts: int) -> None:
         async def run(client: Any) -> None:
             pipe = client.pipeline(transaction=False)
             for tenant, entry in entries.items():
@@ -239,6 +283,10 @@ class RedisMirror:
                 else:
                     event, seconds_left = entry
                     pipe.set(redis_key(tenant), json.dumps(to_json_dict(event)), ex=seconds_left)
+            # Last, on the same connection: a marker is only there when the writes before it were applied.
+            stamp = str(int(time.time() * 1000))
+            for partition in partitions:
+                pipe.set(marker_key(self.app_id, partition), stamp)
             await pipe.execute()
 
         await self.connector.call(run, attempts=attempts)
@@ -258,7 +306,8 @@ class _LockAgentState:
             max_ttl_seconds=settings.lock_max_ttl_seconds,
         )
         self.seen = SeenIds(settings.dedupe_ttl_seconds * 1000)
-        self.mirror = RedisMirror(RedisConnector(settings.redis_url, timeout=settings.redis_timeout_seconds))
+        self.mirror = RedisMirror(RedisConnector(settings.redis_url, timeout=settings.redis_timeout_seconds),
+                                  app_id=settings.app_id)
         self.duplicates = 0
 
 
@@ -312,9 +361,11 @@ async def lock_agent(stream: BatchStream[LockCommand]) -> None:
         state.seen.sweep(batch)
         if not state.mirror.out_of_sync:
             await state.mirror.flush()
-        elif batch.tick:
+            if batch.tick:
+                await state.mirror.verify(batch.partitions)  # did Redis lose what it had? (one EXISTS)
+        if state.mirror.out_of_sync and batch.tick:
             state.mirror.pending.clear()  # the re-sync writes every owned tenant from the table
-            await state.mirror.resync(_snapshot(locks, batch.partitions, now))
+            await state.mirror.resync(_snapshot(locks, batch.partitions, now), batch.partitions)
 
 
 def _handle(batch: Batch[LockCommand], record: Record[LockCommand], state: _LockAgentState, now: int) -> None:

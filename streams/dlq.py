@@ -53,15 +53,28 @@ def dlq_headers(letter: DeadLetter, original: list[tuple[str, bytes]] | None = N
 
 
 def parse_dlq_headers(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> DeadLetter:
-    """Read the dead-letter headers back (operator tooling, tests)."""
+    """Read the dead-letter headers back (operator tooling, tests); a malformed number reads as its default.
+
+    Anyone can write to a DLQ topic, so the headers are not trusted: a listing must not stop on one
+    entry whose ``dlq.original.offset`` is not a number.
+    """
     values = {name: value.decode("utf-8", "replace") for name, value in headers if name.startswith("dlq.")}
     return DeadLetter(
         topic=values.get(ORIGINAL_TOPIC, ""),
-        partition=int(values.get(ORIGINAL_PARTITION, "-1")),
-        offset=int(values.get(ORIGINAL_OFFSET, "-1")),
-        timestamp=int(values.get(ORIGINAL_TIMESTAMP, "0")),
+        partition=_int(values.get(ORIGINAL_PARTITION), -1),
+        offset=_int(values.get(ORIGINAL_OFFSET), -1),
+        timestamp=_int(values.get(ORIGINAL_TIMESTAMP), 0),
         error_class=values.get(ERROR_CLASS, ""),
         error_message=values.get(ERROR_MESSAGE, ""),
-        attempts=int(values.get(ATTEMPTS, "1")),
+        attempts=_int(values.get(ATTEMPTS), 1),
         agent=values.get(AGENT, ""),
     )
+
+
+def _int(text: str | None, default: int) -> int:
+    if text is None or len(text) > 30:  # int() of a huge digit string is slow and means nothing here
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return default

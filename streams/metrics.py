@@ -12,6 +12,7 @@ metric                                  labels                                 w
 ``soma_batch_duration_seconds``         agent                                  batch handed out → committed
 ``soma_consumer_lag``                   agent, topic, partition                high watermark − position
 ``soma_agent_restarts_total``           agent                                  crashes the agent restarted from
+``soma_records_skipped_total``          reader, topic                          undecodable records a view skipped
 ``soma_usage_tokens_total``             tenant, model, type                    input / output / cached tokens
 ``soma_usage_cost_usd_total``           tenant, model                          cost in USD
 ``soma_usage_events_total``             outcome                                accepted / duplicate / late / …
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from streams.engine.stream import Batch
 
 __all__ = [
+    "RECORDS_SKIPPED",
     "AgentMetrics",
     "LabelBudget",
     "model_label",
@@ -79,6 +81,9 @@ BATCH_SECONDS = Histogram("soma_batch_duration_seconds",
 CONSUMER_LAG = Gauge("soma_consumer_lag", "Records behind the partition's high watermark (at scrape time).",
                      ["agent", "topic", "partition"])
 AGENT_RESTARTS = Counter("soma_agent_restarts_total", "Times an agent crashed and was restarted.", ["agent"])
+RECORDS_SKIPPED = Counter("soma_records_skipped_total",
+                          "Records a reader of another agent's output (a topic view) stepped over because they "
+                          "did not decode or validate.", ["reader", "topic"])
 
 USAGE_TOKENS = Counter("soma_usage_tokens_total", "Tokens accounted by the usage agent (bounded tenant/model labels).",
                        ["tenant", "model", "type"])

@@ -18,9 +18,11 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from faust_app import Settings
-from schemas import Envelope, SchemaError, decode_event
+from schemas import Envelope, decode_event
 from streams.catalog import TopicSpec
 from streams.kafka import consumer_factory
+from streams.metrics import RECORDS_SKIPPED
+from streams.skips import SkippedRecords
 
 __all__ = ["TopicView"]
 
@@ -32,8 +34,10 @@ E = TypeVar("E", bound=Envelope)
 class TopicView(Generic[E]):
     """The latest decodable event per key of ``topic``, kept up to date by a background task.
 
-    ``keep(key, event)`` decides which records count (say, not the refusals of the lock topic);
-    records that don't decode are logged and skipped: a view must not stop on a bad record.
+    ``keep(key, event)`` decides which records count (say, not the refusals of the lock topic).
+    A record that does not decode or validate — whatever the decoder raises — is skipped: counted in
+    ``soma_records_skipped_total{reader="view"}``, logged rate-limited, and the key keeps its last
+    valid event. A view must not stop on a bad record.
     """
 
     def __init__(
@@ -45,6 +49,8 @@ class TopicView(Generic[E]):
         self._latest: dict[str, E] = {}
         self._task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
+        self.skips = SkippedRecords(logger, f"view of {topic.name}",
+                                    counter=lambda name: RECORDS_SKIPPED.labels("view", name).inc())
 
     def get(self, key: str) -> E | None:
         return self._latest.get(key)
@@ -99,11 +105,11 @@ class TopicView(Generic[E]):
                         continue
                     try:
                         event = decode_event(message.value, model)
-                    except SchemaError as exc:
-                        logger.warning("view of %s: skipping undecodable record at %d@%d: %s", self.topic.name,
-                                       message.partition, message.offset, exc)
+                        kept = self._keep is None or self._keep(key, event)
+                    except Exception as exc:  # any decoder error (OverflowError, RecursionError, ...)
+                        self.skips.skip(self.topic.name, message.partition, message.offset, exc)
                         continue
-                    if self._keep is None or self._keep(key, event):
+                    if kept:
                         self._latest[key] = event
             if not fetched and not self.caught_up.is_set():
                 # An empty fetch means we reached the end (end_offsets is unreliable on the embedded broker).

@@ -40,14 +40,18 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from faust_app import Settings
-from schemas import SchemaError, decode_event, to_json
+from schemas import decode_event, to_json
 from streams.bridge.exceptions import BadCursor, CatchUpFailed
 from streams.catalog import TopicSpec, all_topics, ensure_topics
 from streams.kafka import admin_factory, consumer_factory
+from streams.skips import SkippedRecords
 
 __all__ = ["CUT", "Cursor", "Delivery", "FanOut", "Subscriber", "decode_record", "read_backlog"]
 
 logger = logging.getLogger(__name__)
+
+#: Skips of readers without metrics (tests, tools); a FanOut has its own, counted in its metrics.
+_default_skips = SkippedRecords(logger, "bridge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +139,20 @@ class Backlog:
 
 
 def decode_record(spec: TopicSpec, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                  ) -> Delivery | None:
-    """A record as a Delivery, or None when it is not a valid event of the topic (logged, never fatal)."""
+                  skips: SkippedRecords | None = None) -> Delivery | None:
+    """A record as a Delivery, or None when it is not a valid event of the topic (a counted skip).
+
+    Any exception of the decoder or validator counts (not only SchemaError: a date out of range raises
+    OverflowError, deep nesting RecursionError, absurd sizes MemoryError): one bad record on a result
+    topic must not stop the stream of every client.
+    """
     try:
         event = decode_event(value or b"", spec.model)
-    except SchemaError as exc:
-        logger.warning("skipping undecodable record %s[%d]@%d: %s", spec.name, partition, offset, exc)
+        return Delivery(partition, offset, event.tenant,
+                        key.decode("utf-8", "replace") if key is not None else None, to_json(event), time.monotonic())
+    except Exception as exc:
+        (skips or _default_skips).skip(spec.name, partition, offset, exc)
         return None
-    return Delivery(partition, offset, event.tenant, key.decode("utf-8", "replace") if key is not None else None,
-                    to_json(event), time.monotonic())
 
 
 class FanOut:
@@ -166,6 +175,8 @@ class FanOut:
         self.healthy = False
         self.last_fetch = 0.0
         self._slice = max(1, min(256, settings.bridge_client_buffer // 2))
+        counter = (lambda topic: metrics.records_skipped.labels(topic).inc()) if metrics is not None else None
+        self.skips = SkippedRecords(logger, "bridge", counter=counter)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -271,7 +282,7 @@ class FanOut:
             if record.offset < live.get(partition, 0):
                 continue
             live[partition] = record.offset + 1
-            delivery = decode_record(spec, partition, record.offset, record.key, record.value)
+            delivery = decode_record(spec, partition, record.offset, record.key, record.value, self.skips)
             if delivery is None:
                 continue
             if keep:
@@ -356,12 +367,12 @@ class FanOut:
         """The subscriber's records in ``[begin, end)`` of each partition, read back from Kafka."""
         async with self.catchups:
             async for delivery in read_backlog(self.settings, self.specs[subscriber.topic], ranges,
-                                               lambda d: self._matches(subscriber, d)):
+                                               lambda d: self._matches(subscriber, d), self.skips):
                 yield delivery
 
 
 async def read_backlog(settings: Settings, spec: TopicSpec, ranges: dict[int, tuple[int, int]],
-                       wanted: Any) -> AsyncIterator[Delivery]:
+                       wanted: Any, skips: SkippedRecords | None = None) -> AsyncIterator[Delivery]:
     """Read ``[begin, end)`` of each partition with a short-lived consumer of its own (no group).
 
     Done when the consumer's position reaches ``end`` on every partition — the broker's end offsets are
@@ -388,7 +399,7 @@ async def read_backlog(settings: Settings, spec: TopicSpec, ranges: dict[int, tu
                 for record in records:
                     if record.offset >= end:
                         break
-                    delivery = decode_record(spec, tp.partition, record.offset, record.key, record.value)
+                    delivery = decode_record(spec, tp.partition, record.offset, record.key, record.value, skips)
                     if delivery is not None and wanted(delivery):
                         yield delivery
             for partition in list(remaining):

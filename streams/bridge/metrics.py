@@ -16,6 +16,9 @@ class BridgeMetrics:
                                    "index (returns to 0 when every client has left).", registry=r)
         self.records_read = Counter("soma_bridge_records_read", "Records read by the fan-out reader.", ["topic"],
                                     registry=r)
+        self.records_skipped = Counter("soma_bridge_records_skipped", "Records of result topics the fan-out "
+                                       "reader stepped over because they did not decode or validate.", ["topic"],
+                                       registry=r)
         self.deliveries_queued = Counter("soma_bridge_deliveries_queued", "Records put into client queues.",
                                          registry=r)
         self.events_sent = Counter("soma_bridge_events_sent", "Events written to clients (backlog included).",

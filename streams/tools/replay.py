@@ -30,6 +30,7 @@ from schemas import Envelope, SchemaError, decode_any, encode_event, new_event_i
 from schemas.codec import is_avro_framed, read_json_object, validation_reason
 from streams.catalog import CATALOG, DLQ_SUFFIX
 from streams.kafka import producer_factory
+from streams.skips import describe_error
 from streams.tools.cluster import Cluster, start_client, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, JSON_OPTION, emit_json, progress, tool_errors, wants_json
 from streams.tools.exceptions import ArgumentError, ToolError
@@ -344,9 +345,10 @@ async def _copy(plan: ReplayPlan, ranges: dict[TopicPartition, OffsetRange], sta
             if rewrite:
                 try:
                     value, old_id = rewrite_value(source, record.value or b"", plan.new_ids, assignments)
-                except SchemaError as exc:
+                except Exception as exc:  # any decoder error, not only SchemaError: skip the record, go on
                     stat.skipped += 1
-                    reason = f"{type(exc).__name__}: {exc.reason}"[:200]
+                    reason = (f"{type(exc).__name__}: {exc.reason}" if isinstance(exc, SchemaError)
+                              else describe_error(exc))[:200]
                     reasons[reason] = reasons.get(reason, 0) + 1
                     continue
             stat.take(record.offset, record.timestamp)

@@ -18,6 +18,7 @@ from typing import Any
 from schemas import SchemaError, decode_any, decode_event, to_json_dict
 from schemas.codec import is_avro_framed, read_json_object
 from streams.catalog import CATALOG, DLQ_SUFFIX
+from streams.skips import describe_error
 from streams.tools.exceptions import ArgumentError
 
 __all__ = [
@@ -170,7 +171,13 @@ class Decoded:
 
 
 def decode_value(topic: str, value: bytes | None) -> Decoded:
-    """Avro (any known schema) or a JSON object → data; dead-letter entries are decoded as their original."""
+    """Avro (any known schema) or a JSON object → data; dead-letter entries are decoded as their original.
+
+    Never raises: a value that does not decode or validate — whatever the decoder raised, not only
+    SchemaError (a date out of range is an OverflowError, deep nesting a RecursionError) — comes back
+    as its text (or hex when it is not UTF-8) with ``error`` saying why, so a command reading a topic
+    shows the bad record and goes on to the next.
+    """
     if value is None:
         return Decoded(None)
     try:
@@ -181,13 +188,13 @@ def decode_value(topic: str, value: bytes | None) -> Decoded:
         if spec is not None and not topic.endswith(DLQ_SUFFIX):
             return Decoded(to_json_dict(decode_event(value, spec.model)))
         return Decoded(read_json_object(value))
-    except SchemaError as exc:
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, SchemaError) else describe_error(exc)
         try:
             text: Any = value.decode("utf-8")
         except UnicodeDecodeError:
-            text = value.hex()
-            return Decoded(text, f"{exc.reason} (not UTF-8; shown as hex)")
-        return Decoded(text, exc.reason)
+            return Decoded(value.hex(), f"{reason} (not UTF-8; shown as hex)")
+        return Decoded(text, reason)
 
 
 def _field_matches(data: dict[str, Any] | None, path: str, expected: str) -> bool:

@@ -22,10 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import LockState
+from schemas import LockState, TurnEvent, decode_event, to_json_dict
 from streams.bridge.client import ServerEvent, read_events, stream_session
 from streams.catalog import CONVERSATION_EVENTS, LOCK_STATE
 from tests.support.bridge import BridgeProcess, token, turn_event
+from tests.support.poison import poison_values
 from tests.support.stack import produce_raw, start_broker
 
 pytestmark = pytest.mark.integration
@@ -513,3 +514,58 @@ async def test_heartbeats_health_metrics_cors_and_the_page(bridges: Bridges, htt
         assert "soma_bridge_records_read_total" in text and "soma_bridge_clients" in text
     async with http.get(bridges.ring.url + "/") as response:
         assert response.status == 200 and "EventSource" in await response.text()
+
+
+# -- poison records ----------------------------------------------------------------------------------------
+
+
+async def test_poison_records_are_skipped_live_and_in_a_resume(bridges: Bridges, http: aiohttp.ClientSession) -> None:
+    """Garbage written by a plain Kafka client between valid events: every client still gets the valid ones."""
+    tenant, session = _tenant(), _session()
+    tok = token(tenant)
+    valid = to_json_dict(turn_event(tenant, session, 0)[2])
+    poison = [(session.encode(), value) for _, value in poison_values(valid)]
+    live = {name: await open_stream(http, session_url(getattr(bridges, name), session), tok)
+            for name in ("ring", "kafka")}
+    await asyncio.sleep(0.3)
+    await produce_turn_events(bridges.bootstrap, tenant, session, range(2))
+    for name, reader in live.items():
+        assert [e["seq"] for e in await reader.take(2)] == [0, 1], name
+    await produce_raw(bridges.bootstrap, CONVERSATION_EVENTS.name, poison)
+    await produce_turn_events(bridges.bootstrap, tenant, session, range(2, 4))
+    for name, reader in live.items():
+        # Records that still decode (a huge but valid schema_version) are delivered; the rest are skipped.
+        after = [e["seq"] for e in await reader.take(2 + _decodable(poison), timeout=30)]
+        assert after[-2:] == [2, 3], f"{name}: the stream stopped at the poison records"
+    # A client that resumes from before the poison reads it back from Kafka (kafka bridge: no ring).
+    assert live["kafka"].last_id is not None
+    resumed = await open_stream(http, session_url(bridges.kafka, session), tok, _rewind(live["kafka"].last_id))
+    again = [e["seq"] for e in await resumed.take(4 + _decodable(poison), timeout=30)]
+    assert again[0] == 0 and again[-2:] == [2, 3]
+    for reader in (*live.values(), resumed):
+        reader.close()
+    for bridge in (bridges.ring, bridges.kafka):
+        async with http.get(bridge.url + "/readyz") as response:
+            assert response.status == 200
+        async with http.get(bridge.url + "/metrics") as response:
+            text = await response.text()
+        skipped = sum(float(m) for m in re.findall(
+            rf'^soma_bridge_records_skipped_total{{topic="{CONVERSATION_EVENTS.name}"}} (\S+)$', text, flags=re.M))
+        assert skipped >= len(poison) - _decodable(poison), text[-2000:]
+
+
+def _decodable(records: list[tuple[bytes, bytes]]) -> int:
+    count = 0
+    for _, value in records:
+        try:
+            decode_event(value, TurnEvent)
+        except Exception:
+            continue
+        count += 1
+    return count
+
+
+def _rewind(event_id: str) -> str:
+    """The position before everything: every partition at offset 0."""
+    topic, _, body = event_id.rpartition("@")
+    return topic + "@" + ",".join(f"{part.split(':')[0]}:0" for part in body.split(","))

@@ -141,3 +141,12 @@ def test_round_trip_property(letter: DeadLetter, original: list[tuple[str, bytes
 
     assert parse_dlq_headers(headers) == replace(letter, error_message=letter.error_message[:4_000])
     assert [h for h in headers if not h[0].startswith("dlq.")] == original
+
+
+def test_malformed_numbers_parse_to_defaults() -> None:
+    """Anyone can write to a DLQ topic: a listing must not stop on one entry with garbage headers."""
+    parsed = parse_dlq_headers([("dlq.original.topic", b"t"), ("dlq.original.partition", b"x"),
+                                ("dlq.original.offset", b"9" * 5000), ("dlq.original.timestamp", b"\xff"),
+                                ("dlq.attempts", b"")])
+
+    assert (parsed.topic, parsed.partition, parsed.offset, parsed.timestamp, parsed.attempts) == ("t", -1, -1, 0, 1)

@@ -11,11 +11,15 @@ from collections import deque
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+import streams.bridge.fanout as fanout_module
 from faust_app import Settings
+from schemas import to_json_dict
 from streams.bridge.exceptions import BadCursor
 from streams.bridge.fanout import CUT, Cursor, Delivery, FanOut, Subscriber
+from streams.bridge.metrics import BridgeMetrics
 from streams.catalog import CONVERSATION_EVENTS
 from tests.support.bridge import turn_event
+from tests.support.poison import poison_values
 
 TOPIC = CONVERSATION_EVENTS.name
 
@@ -118,3 +122,42 @@ def test_undecodable_records_are_skipped_not_fatal() -> None:
     fanout._dispatch(CONVERSATION_EVENTS, 0, [bad, *good])
     assert [d.offset for d in _drain(subscriber)] == [1]
     assert fanout.live[TOPIC][0] == 2
+
+
+@pytest.mark.parametrize("kind,value", poison_values(to_json_dict(turn_event("acme", "s1", 0)[2])),
+                         ids=[kind for kind, _ in poison_values(to_json_dict(turn_event("acme", "s1", 0)[2]))])
+def test_no_poison_record_stops_the_reader(kind: str, value: bytes) -> None:
+    fanout = _fanout()
+    subscriber = Subscriber(TOPIC, "acme", "s1", 8)
+    fanout.subscribe(subscriber, None)
+    bad = ConsumerRecord(TOPIC, 0, 0, 0, 0, b"s1", value, None, 2, len(value), [])
+    fanout._dispatch(CONVERSATION_EVENTS, 0, [bad, *_records(0, 1, [("acme", "s1")])])
+    delivered = [d.offset for d in _drain(subscriber)]
+    assert delivered[-1] == 1, f"{kind}: the valid record after it was not delivered"
+    assert fanout.live[TOPIC][0] == 2
+
+
+@pytest.mark.parametrize("error", [OverflowError("date value out of range"), RecursionError("deep"),
+                                   MemoryError(), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
+                                   KeyError("x"), RuntimeError("a decoder bug")])
+def test_any_exception_of_the_decoder_is_a_counted_skip(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    metrics = BridgeMetrics()
+    fanout = FanOut(Settings.from_env({}), [CONVERSATION_EVENTS], metrics)
+    fanout.live[TOPIC] = {0: 0}
+    fanout.ring[(TOPIC, 0)] = deque(maxlen=10)
+    fanout.ring_from[(TOPIC, 0)] = 0
+    subscriber = Subscriber(TOPIC, "acme", "s1", 8)
+    fanout.subscribe(subscriber, None)
+    real = fanout_module.decode_event
+    records = _records(0, 0, [("acme", "s1"), ("acme", "s2"), ("acme", "s1")])
+    poisoned = records[0].value
+
+    def decode(value: bytes, model: type) -> object:
+        if value == poisoned:
+            raise error
+        return real(value, model)
+
+    monkeypatch.setattr(fanout_module, "decode_event", decode)
+    fanout._dispatch(CONVERSATION_EVENTS, 0, records)
+    assert [d.offset for d in _drain(subscriber)] == [2]
+    assert metrics.records_skipped.labels(TOPIC)._value.get() == 1

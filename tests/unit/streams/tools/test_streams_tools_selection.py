@@ -16,6 +16,7 @@ from streams.tools.selection import (
     parse_rate,
     parse_time,
 )
+from tests.support.poison import poison_values
 
 NOW = int(datetime(2026, 11, 25, 15, 30, tzinfo=UTC).timestamp() * 1000)
 HOUR = 3_600_000
@@ -126,3 +127,29 @@ def test_decode_value_reads_avro_json_and_says_why_not() -> None:
 def test_format_ms() -> None:
     assert format_ms(0) == "1970-01-01T00:00:00.000Z"
     assert format_ms(None) == "-" and format_ms(-1) == "-"
+
+
+_LOCK_COMMAND = {"event_id": "0b6a8c36-3c4e-4a55-9f57-8a6a4c1c2f11", "tenant": "acme", "schema_version": 1,
+                 "occurred_at": "2026-11-25T08:00:00Z", "action": "status", "user": "ann"}
+
+
+@pytest.mark.parametrize("topic", ["soma.training.lock.commands", "soma.training.lock.commands.dlq", "other"])
+@pytest.mark.parametrize("kind,value", poison_values(_LOCK_COMMAND), ids=[k for k, _ in poison_values(_LOCK_COMMAND)])
+def test_decode_value_never_raises(topic: str, kind: str, value: bytes) -> None:
+    decoded = decode_value(topic, value)  # whatever the decoder raised, the record is shown, not fatal
+    assert decoded.error is None or decoded.fields is None
+    if topic == "soma.training.lock.commands" and kind.startswith("date"):
+        assert decoded.error == "OverflowError: date value out of range"
+        assert isinstance(decoded.data, str) and ("0001-01-01" in decoded.data or "9999-12-31" in decoded.data)
+
+
+def test_decode_value_reports_any_decoder_exception(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.tools.selection as selection
+
+    def explode(value: bytes, model: type) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(selection, "decode_event", explode)
+    decoded = decode_value("soma.training.lock.commands", b'{"tenant": "acme"}')
+    assert decoded.error == "RecursionError: maximum recursion depth exceeded"
+    assert decoded.data == '{"tenant": "acme"}'
