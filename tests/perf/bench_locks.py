@@ -312,6 +312,12 @@ class Result:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
     @property
+    def per_cpu_second(self) -> float | None:
+        """Events per second of worker CPU: steadier than the rate when other work shares the machine."""
+        share = self.cpu.get("worker")
+        return self.rate / share if share else None
+
+    @property
     def middle_rate(self) -> float:
         """Events/s between the 5th and the 95th percentile output timestamps (no start or end effects)."""
         stamps = sorted(record.timestamp for record in self.outputs)
@@ -470,7 +476,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def report(results: dict[str, Result]) -> None:
     print()
     print(f"{'implementation':<16}{'events':>9}{'seconds':>10}{'events/s':>11}{'vs naive':>10}{'vs quix':>9}"
-          f"{'startup s':>11}{'worker CPU':>12}{'broker CPU':>12}")
+          f"{'startup s':>11}{'worker CPU':>12}{'broker CPU':>12}{'per CPU-s':>11}")
     naive, quix = results.get("naive"), results.get("quix")
     for name in CONTESTANTS:
         result = results.get(name)
@@ -480,11 +486,12 @@ def report(results: dict[str, Result]) -> None:
         vs_quix = f"{result.rate / quix.rate:.2f}x" if quix is not None else "-"
         print(f"{LABELS[name]:<16}{result.events:>9}{result.seconds:>10.2f}{result.rate:>11,.0f}{vs_naive:>10}"
               f"{vs_quix:>9}{result.startup:>11.1f}{_fmt_cpu(result.cpu.get('worker')):>12}"
-              f"{_fmt_cpu(result.cpu.get('broker')):>12}")
+              f"{_fmt_cpu(result.cpu.get('broker')):>12}{_fmt_rate(result.per_cpu_second):>11}")
     print()
     print("events/s = events / (last - first output CreateTime); startup = worker start to first output;")
     print("CPU = share of one core used during the measured window (the machine has "
-          f"{os.cpu_count()} cores).")
+          f"{os.cpu_count()} cores); per CPU-s = events/s / worker CPU, events per second of worker CPU "
+          "(less sensitive than events/s to other load on a shared machine).")
     for result in results.values():
         print(f"  {result.name}: {result.middle_rate:,.0f} events/s over the middle 90% of its outputs "
               "(5th to 95th percentile timestamp: no first-batch or tail effects)")
@@ -502,6 +509,10 @@ def report(results: dict[str, Result]) -> None:
     if ours is not None and quix is not None:
         ratio = ours.rate / quix.rate
         print(f"against Quix Streams: {'faster' if ratio > 1 else 'NOT faster'} ({ratio:.2f}x)")
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
