@@ -61,6 +61,9 @@ $(BENCH_VENV)/.installed: tests/perf/requirements-quix.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r tests/perf/requirements-quix.txt
 	touch $@
 
+## bench-locks has a Quix Streams contestant too.
+bench-locks: $(BENCH_VENV)/.installed
+
 bench-usage: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python -m tests.perf.bench_usage
 

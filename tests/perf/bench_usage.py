@@ -33,11 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +55,9 @@ from schemas import UsageEvent, UsageReport, decode_event, encode_event
 from streams.catalog import USAGE_EVENTS, USAGE_REPORTS, all_topics
 from tests.perf.common import (
     PARTITIONS,
+    QUIX_PYTHON,
     BenchError,
+    Process,
     Profiler,
     create_topics,
     fmt_cpu,
@@ -80,7 +80,6 @@ MODELS: list[tuple[str, str, Literal["chat", "embedding"]]] = [  # (provider, mo
     ("local", "smollm2-135m-instruct", "chat"),
 ]
 SIZES = {"hour": 3_600_000, "day": 86_400_000}
-QUIX_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
 
 WindowKey = tuple[str, str, str, str, str, int]  # tenant, provider, model, kind, size, start
 
@@ -190,30 +189,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
-
-
-class Process:
-    """A contestant's worker process (naive Faust or Quix) with its log."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.argv, self.env, self.workdir = argv, env, workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "worker.log"
-
-    def start(self) -> Process:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, cwd=REPO_ROOT, env={**os.environ, **self.env},
-                                            stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def tail_log(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        terminate(self.process)
 
 
 def _worker(name: str, bootstrap: str, workdir: Path, redis_url: str) -> tuple[Any, str, str]:

@@ -23,11 +23,13 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.catalog import ensure_topics
-from tests.support.stack import Consumed, TopicReader, produce_raw
+from tests.support.stack import REPO_ROOT, Consumed, TopicReader, produce_raw
 
 __all__ = [
     "PARTITIONS",
+    "QUIX_PYTHON",
     "BenchError",
+    "Process",
     "Profiler",
     "cpu_seconds",
     "cpu_share",
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 PARTITIONS = 4
+#: The Quix Streams contestants' interpreter: their own virtualenv (``make bench-usage`` / ``bench-locks``
+#: make it), since quixstreams pins an older pydantic than the project's.
+QUIX_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
 
 
 class BenchError(Exception):
@@ -58,6 +63,30 @@ def terminate(process: subprocess.Popen[bytes] | None, grace: float = 15.0) -> N
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+class Process:
+    """A contestant's worker process (a naive Faust app, a Quix pipeline) with its log."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.argv, self.env, self.workdir = argv, env, workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "worker.log"
+
+    def start(self) -> Process:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.argv, cwd=REPO_ROOT, env={**os.environ, **self.env},
+                                            stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def tail_log(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        terminate(self.process)
 
 
 def cpu_seconds(pid: int | None) -> float | None:
