@@ -141,22 +141,26 @@ def _distinct(records: list[Any], model: Any) -> dict[str, Any]:
     return events
 
 
+@pytest.mark.timeout(900)
 async def test_kill_loop_loses_and_doubles_nothing(stack_factory: Any, redis_url: str) -> None:
     rng = random.Random(20261202)
     stack: Stack = stack_factory()
     env = {"SOMA_USAGE_IDLE_CLOSE_SECONDS": "0", "SOMA_USAGE_TICK_SECONDS": "1",
            "SOMA_LOCK_EXPIRY_CHECK_SECONDS": "1"}
     slices, expected = _traffic(rng)
+    app_id = f"kill{uuid.uuid4().hex[:8]}"
+    first = stack.worker(app_id=app_id, SOMA_WEB_PORT=str(free_port()), **env)
+    await asyncio.to_thread(first.wait_ready, "locks", 120)  # it creates the topics the readers follow
     readers = [await TopicReader(stack.bootstrap, topic).start()
                for topic in (LOCK_STATE.name, USAGE_REPORTS.name, EMBEDDING_RESULTS.name,
                              LOCK_COMMANDS.dlq, USAGE_EVENTS.dlq, EMBEDDING_JOBS.dlq)]
     states, reports, results, *dlqs = readers
-    app_id = f"kill{uuid.uuid4().hex[:8]}"
     kills = 0
+    began = time.monotonic()
     try:
         for life, records in enumerate(slices):
-            worker = stack.worker(app_id=app_id, SOMA_WEB_PORT=str(free_port()), **env)
-            if life < KILLS and rng.random() < 0.2:
+            worker = first if life == 0 else stack.worker(app_id=app_id, SOMA_WEB_PORT=str(free_port()), **env)
+            if 0 < life < KILLS and rng.random() < 0.2:
                 await asyncio.sleep(rng.uniform(0.5, 4.0))  # killed before it is even ready
                 await _send(stack.bootstrap, records, rng)
             else:
@@ -166,6 +170,7 @@ async def test_kill_loop_loses_and_doubles_nothing(stack_factory: Any, redis_url
             if life < KILLS:
                 worker.kill()
                 kills += 1
+                print(f"kill {kills} at {time.monotonic() - began:.0f} s", flush=True)
         assert kills >= KILLS
 
         # The last life runs to the end: everything must be answered.
