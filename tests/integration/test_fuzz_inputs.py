@@ -308,8 +308,8 @@ def verdict(case: fuzz.Case, letters: dict[tuple[int, int], list[DeadLetter]],
     return "no DLQ entry and no answer"
 
 
-async def account(observer: Observer, spec: TopicSpec, cases: list[fuzz.Case], timeout: float = 40.0,
-                  patience: float = 15.0) -> dict[str, str]:
+async def account(observer: Observer, spec: TopicSpec, cases: list[fuzz.Case], timeout: float = 90.0,
+                  patience: float = 30.0) -> dict[str, str]:
     """Wait until every case is accounted for (or nothing changed for ``patience`` s); the problems left."""
     deadline = time.monotonic() + timeout
     last_change, last_open = time.monotonic(), -1
@@ -597,11 +597,15 @@ async def lock_effects(fuzz_stack: FuzzStack, observer: Observer, cases: list[fu
     for case in cases:
         if case.subject:
             names.setdefault(case.subject, []).append(case.name)
+    letters = observer.letters(LOCK_COMMANDS)
     effects, unanswered = [], 0
     for tenant, query in zip(tenants, queries, strict=True):
         statuses = [(status, record) for record, status, _ in answers.get(query.event_id or "", [])]
         if not statuses:
             unanswered += 1
+            for letter in letters.get((query.sent_partition, query.offset), []):
+                effects.append(f"tenant {tenant} ({'; '.join(names[tenant])}): a later status query was "
+                               f"dead-lettered: {letter.error_class}: {letter.error_message[:150]}")
             continue
         state = decode_event(statuses[0][1].value or b"", LockState)
         if state.status == "active" or state.fencing_token != 0:
