@@ -298,12 +298,12 @@ def verdict(case: fuzz.Case, letters: dict[tuple[int, int], list[DeadLetter]],
         return f"dead-lettered {len(mine)} times (replayed)"
     if mine and not (mine[0].error_class and mine[0].error_message):
         return f"DLQ entry without error class/message: {mine[0]}"
-    if accepted:
+    if accepted and case.must_refuse:
         return f"processed as valid (answered {', '.join(accepted)})" + (" and dead-lettered" if mine else "")
     refusals = [status for _, status, refusal in answered if refusal]
     if len(refusals) > 1:
         return f"refused {len(refusals)} times (replayed)"
-    if mine or refusals:
+    if mine or refusals or accepted:
         return None
     return "no DLQ entry and no answer"
 
@@ -437,7 +437,7 @@ async def test_wrongly_keyed_lock_commands_are_rerouted_and_grant_at_most_one_lo
         problems.append(f"two enables for one tenant under different keys were answered {enables}, "
                         "expected one active and one rejected")
     grants = [state for _, state in observer.events(LOCK_STATE.name, LockState)
-              if state.tenant == tenant and state.status == "active"]
+              if state.tenant == tenant and state.status == "active" and state.action == "enable"]
     tokens = sorted(state.fencing_token for state in grants)
     if tokens != [1]:
         problems.append(f"fencing tokens granted for {tenant}: {tokens}, expected [1] and nothing else")
@@ -453,7 +453,8 @@ async def test_wrongly_keyed_turns_are_rerouted_and_answered_once(fuzz_stack: Fu
         return ConversationTurn(tenant=TURN_TENANT, session_id=session, user="ann", prompt="Say hi.", max_tokens=8)
 
     cases = [valid_case("turn, null key", turn(), None, partition=free_partition(right, wrong)),
-             valid_case("turn, wrong key", turn(), wrong)]
+             valid_case("turn, wrong key", turn(), wrong),
+             valid_case("turn, non-UTF-8 key", turn(), non_utf8_key(right, wrong))]
     await send(fuzz_stack.stack.bootstrap, CONVERSATION_TURNS.name, cases)
     ids = {case.event_id for case in cases}
     await wait_until(observer, lambda: ids <= set(observer.answers(CONVERSATION_TURNS)), timeout=60)
@@ -481,7 +482,8 @@ async def test_wrongly_keyed_embedding_jobs_are_rerouted_and_answered_once(
         return upsert(tenant, "rekey", doc, f"a note called {doc}")
 
     cases = [valid_case("upsert, null key", job("a"), None, partition=free_partition(right, wrong)),
-             valid_case("upsert, wrong key", job("b"), wrong)]
+             valid_case("upsert, wrong key", job("b"), wrong),
+             valid_case("upsert, non-UTF-8 key", job("c"), non_utf8_key(right, wrong))]
     await send(fuzz_stack.stack.bootstrap, EMBEDDING_JOBS.name, cases)
     ids = {case.event_id for case in cases}
     # The first job of the worker loads the local model.

@@ -73,6 +73,8 @@ class Case:
     subject: str | None = None
     #: Send to this partition instead of the key's (a null-keyed record on a chosen partition).
     partition: int | None = None
+    #: False for a record a correct agent may also process normally (any answer accounts for it).
+    must_refuse: bool = True
     sent_partition: int = -1
     offset: int = -1
 
@@ -191,6 +193,8 @@ class Profile:
     strangers: Callable[[], list[Envelope]]
     #: The topic's own field-level cases: (name, changes to a valid payload).
     specific: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Names of cases a correct agent may refuse or process normally (adversarial, not out of contract).
+    may_succeed: frozenset[str] = frozenset()
 
     def key_of(self, payload: dict[str, Any]) -> bytes:
         value = payload.get(self.keyed)
@@ -346,6 +350,8 @@ def build_cases(profile: Profile, max_event_bytes: int) -> list[Case]:
 
     for name, changes in profile.specific:
         add_json(name, changes)
+    for case in cases:
+        case.must_refuse = case.name not in profile.may_succeed
     return cases
 
 
@@ -461,7 +467,7 @@ def embedding_profile(spec: TopicSpec, tenant: str, max_document_chars: int) -> 
         ("top_k 2**63 (over Avro long)", {**search, "top_k": 2**63}),
         ("score_threshold 1e309 (inf)", {**search, "score_threshold": INF}),
         ("score_threshold -1e309 (-inf)", {**search, "score_threshold": NEG_INF}),
-    ])
+    ], may_succeed=frozenset({"document metadata nested 900 deep"}))
 
 
 def usage_profile(spec: TopicSpec, tenant: str, occurred_at: str) -> Profile:
@@ -533,7 +539,7 @@ def turn_avro_cases(profile: Profile) -> list[Case]:
     changed: list[tuple[str, dict[str, Any]]] = [
         ("Avro temperature NaN", {"temperature": float("nan")}),
         ("Avro temperature inf", {"temperature": float("inf")}),
-        ("Avro max_tokens 2**63-1", {"max_tokens": 2**63 - 1}),
+        ("Avro max_tokens 0", {"max_tokens": 0}),
         ("Avro max_tokens -1", {"max_tokens": -1}),
     ]
     for name, changes in changed:
