@@ -62,7 +62,7 @@ class Record(Generic[E]):
         """
         try:
             payload = json.loads(self.value)
-        except ValueError:
+        except Exception:  # any bytes at all: invalid UTF-8, nesting deeper than the recursion limit...
             return None
         if not isinstance(payload, dict):
             return None
