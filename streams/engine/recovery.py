@@ -142,10 +142,11 @@ async def restore_tables(
 ) -> int:
     """Bring every table's stores for ``partitions`` up to the end of its changelog; the records applied.
 
-    One consumer (no group) reads every table's changelog partitions together. Raises what the client
-    raises, or :class:`streams.kafka.RangeReadError` when the end is not reached within ``timeout``
-    seconds of the call (checked after each fetch, so every attempt applies at least one); what was
-    applied until then stays applied (with its changelog offset), so a retry resumes there.
+    The caller opens the stores (``Table.open``); a store closed meanwhile is skipped. One consumer
+    (no group) reads every table's changelog partitions together. Raises what the client raises, or
+    :class:`streams.kafka.RangeReadError` when the end is not reached within ``timeout`` seconds of
+    the call (checked after each fetch, so every attempt applies at least one); what was applied until
+    then stays applied (with its changelog offset), so a retry resumes there.
     """
     started = time.monotonic()
     by_topic = {table.changelog_topic: table for table in tables}
@@ -164,7 +165,9 @@ async def restore_tables(
         # Not end_offsets: the embedded broker undercounts it, and a restore that stops short loses the
         # last changelog batch (seen as commands applied twice after a SIGKILL).
         ends = await high_watermarks(consumer, tps)
-        applied = {tp: by_topic[tp.topic].open(tp.partition).changelog_offset for tp in tps}
+        # Only stores still open: a partition taken away while the ends were asked is not reopened.
+        applied = {tp: by_topic[tp.topic].open(tp.partition).changelog_offset for tp in tps
+                   if tp.partition in by_topic[tp.topic].partitions}
         plan = plan_restore(applied, ends)
         for tp, (offset, end) in plan.ahead.items():
             logger.warning(
@@ -257,9 +260,9 @@ class Recovery:
                 for state in self.restoring.values():
                     state.error = reason
                 runner.metrics.restore_failed()
+                attempts = max((state.attempts for state in self.restoring.values()), default=0)
                 logger.error("agent %s: restoring partitions %s failed (attempt %d), retrying in %.0f s: %s",
-                             runner.name, partitions, max(s.attempts for s in self.restoring.values()),
-                             delay, reason)
+                             runner.name, partitions, attempts, delay, reason)
                 await asyncio.sleep(delay)
         if not self._current(generation, consumer):
             return

@@ -142,6 +142,8 @@ async def probed(probe: LoopProbe, work: Callable[[], Awaitable[T]]) -> tuple[T,
 
 async def restore_table(settings: Settings, table: Table) -> int:
     """The engine's restore (what a worker runs when the partitions are assigned) of every partition."""
+    for partition in range(PARTITIONS):
+        table.open(partition)
     return await restore_tables(settings, [table], list(range(PARTITIONS)), timeout=settings.restore_timeout_seconds)
 
 
