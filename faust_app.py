@@ -111,6 +111,12 @@ class Settings(BaseModel):
         604_800, alias="SOMA_DEDUPE_TTL_SECONDS", ge=60,
         description="How long processed event ids are remembered to drop duplicates.",
     )
+    restore_timeout_seconds: float = Field(
+        300.0, alias="SOMA_RESTORE_TIMEOUT_SECONDS", gt=0, le=86_400,
+        description="Longest one attempt to restore a partition's tables from their changelog may take; a "
+        "slower or failing attempt is reported (/readyz, soma_restore_failures_total, an error log) and "
+        "retried with a backoff, resuming where it stopped.",
+    )
     batch_max_records: int = Field(
         2000, alias="SOMA_BATCH_MAX_RECORDS", ge=1, le=100_000,
         description="Most records an agent takes from the broker per batch.",

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from faust_app import Settings
 
-__all__ = ["admin_factory", "consumer_factory", "high_watermarks", "producer_factory"]
+__all__ = [
+    "RangeReadError",
+    "admin_factory",
+    "consumer_factory",
+    "high_watermarks",
+    "producer_factory",
+    "read_ranges",
+]
 
 
 def producer_factory(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -90,3 +98,68 @@ async def high_watermarks(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartiti
         if pending and time.monotonic() > deadline:
             raise KafkaTimeoutError(f"no fetch answer for {pending} within {timeout:.0f} s")
     return result
+
+
+class RangeReadError(KafkaError):
+    """A range read did not reach the end of its ranges in time (``timeout`` or ``stall_timeout``)."""
+
+
+async def read_ranges(
+    consumer: AIOKafkaConsumer,
+    ranges: Mapping[TopicPartition, tuple[int, int]],
+    *,
+    max_records: int = 2_000,
+    timeout: float | None = None,
+    stall_timeout: float | None = None,
+    fetch_timeout_ms: int = 200,
+) -> AsyncIterator[tuple[TopicPartition, list[Any]]]:
+    """Yield the records of ``[start, end)`` of each partition, as ``(partition, records in offset order)``.
+
+    ``consumer`` is started and has no group; its assignment is replaced by the partitions of
+    ``ranges``, each finished one is paused, and the caller stops the consumer. A partition is done
+    when the consumer's *position* reaches ``end``, not when a record at ``end - 1`` was seen: a
+    compacted partition may have no record there. The broker's own end offsets are never asked (the
+    embedded broker undercounts them, see :func:`high_watermarks`).
+
+    ``max_records`` bounds what one fetch hands out, and the loop yields to the event loop before each
+    fetch (a fetch whose records are already buffered does not suspend): a bulk read of millions of
+    records then holds the event loop for one fetch's worth of the caller's work at a time, not for the
+    whole read. ``timeout`` (seconds for the whole read) and ``stall_timeout`` (seconds without a record
+    while records are expected) raise :class:`RangeReadError`; each is checked after a fetch, so every
+    call makes progress before it can time out.
+    """
+    active = {tp: (start, end) for tp, (start, end) in ranges.items() if end > start}
+    if not active:
+        return
+    consumer.assign(list(active))
+    for tp, (start, _) in active.items():
+        consumer.seek(tp, start)
+    started = last_progress = time.monotonic()
+    try:
+        while active:
+            await asyncio.sleep(0)
+            fetched = await consumer.getmany(*active, timeout_ms=fetch_timeout_ms, max_records=max_records)
+            now = time.monotonic()
+            for tp, records in fetched.items():
+                wanted = active.get(tp)
+                if wanted is None or not records:
+                    continue
+                last_progress = now
+                if records[-1].offset >= wanted[1]:
+                    records = [record for record in records if record.offset < wanted[1]]
+                if records:
+                    yield tp, records
+            for tp in list(active):
+                if await consumer.position(tp) >= active[tp][1]:
+                    del active[tp]
+                    consumer.pause(tp)
+            if not active:
+                break
+            left = ", ".join(f"{tp.topic}[{tp.partition}] at {end}" for tp, (_, end) in sorted(active.items()))
+            if timeout is not None and now - started > timeout:
+                raise RangeReadError(f"reading to {left} did not finish within {timeout:g} s")
+            if stall_timeout is not None and now - last_progress > stall_timeout:
+                raise RangeReadError(f"no records for {stall_timeout:g} s while reading to {left}")
+    finally:
+        for tp in consumer.assignment():
+            consumer.pause(tp)

@@ -13,6 +13,10 @@ metric                                  labels                                 w
 ``soma_consumer_lag``                   agent, topic, partition                high watermark − position
 ``soma_agent_restarts_total``           agent                                  crashes the agent restarted from
 ``soma_records_skipped_total``          reader, topic                          undecodable records a view skipped
+``soma_partitions_restoring``           agent                                  partitions paused for restore
+``soma_restore_failures_total``         agent                                  restore attempts failed/timed out
+``soma_restore_duration_seconds``       agent                                  assignment → tables restored
+``soma_restored_records_total``         agent                                  changelog records replayed
 ``soma_usage_tokens_total``             tenant, model, type                    input / output / cached tokens
 ``soma_usage_cost_usd_total``           tenant, model                          cost in USD
 ``soma_usage_events_total``             outcome                                accepted / duplicate / late / …
@@ -84,6 +88,17 @@ AGENT_RESTARTS = Counter("soma_agent_restarts_total", "Times an agent crashed an
 RECORDS_SKIPPED = Counter("soma_records_skipped_total",
                           "Records a reader of another agent's output (a topic view) stepped over because they "
                           "did not decode or validate.", ["reader", "topic"])
+PARTITIONS_RESTORING = Gauge("soma_partitions_restoring",
+                             "Assigned partitions not processed yet: their tables are being restored from the "
+                             "changelog, or a failed restore waits to be retried.", ["agent"])
+RESTORE_FAILURES = Counter("soma_restore_failures_total",
+                           "Changelog restore attempts that failed or did not finish within "
+                           "SOMA_RESTORE_TIMEOUT_SECONDS (each is retried).", ["agent"])
+RESTORE_SECONDS = Histogram("soma_restore_duration_seconds",
+                            "Time from a partition assignment until its tables were restored (retries included).",
+                            ["agent"], buckets=LATENCY_BUCKETS)
+RESTORED_RECORDS = Counter("soma_restored_records_total", "Changelog records replayed into tables by restores.",
+                           ["agent"])
 
 USAGE_TOKENS = Counter("soma_usage_tokens_total", "Tokens accounted by the usage agent (bounded tenant/model labels).",
                        ["tenant", "model", "type"])
@@ -223,6 +238,16 @@ class AgentMetrics:
 
     def restarted(self) -> None:
         self._restarts.inc()
+
+    def restoring(self, partitions: int) -> None:
+        PARTITIONS_RESTORING.labels(self.runner.name).set(partitions)
+
+    def restore_failed(self) -> None:
+        RESTORE_FAILURES.labels(self.runner.name).inc()
+
+    def restore_finished(self, seconds: float, records: int) -> None:
+        RESTORE_SECONDS.labels(self.runner.name).observe(seconds)
+        RESTORED_RECORDS.labels(self.runner.name).inc(records)
 
 
 async def _update_lag() -> None:

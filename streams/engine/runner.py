@@ -2,7 +2,8 @@
 
 Each agent has its own consumer group (``<app_id>.<agent>``), so agents scale and fail independently.
 Partition assignment opens the agent's tables for those partitions and replays their changelogs
-before any record of them is processed; revocation waits for the batch in flight to be finished.
+before any record of them is processed (``streams/engine/recovery.py``); revocation waits for the
+batch in flight to be finished.
 An agent that raises is restarted with a backoff from its last committed offsets; records it had not
 committed are processed again, which is safe because agents deduplicate by event id.
 """
@@ -33,10 +34,11 @@ from schemas import SchemaError, decode_event, encode_event
 from schemas.exceptions import DecodeError, EncodeError
 from streams.catalog import TopicSpec
 from streams.engine.outbox import Outbox
+from streams.engine.recovery import Recovery
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
 from streams.exceptions import EventTooLarge, KeyMismatch, OutputTooLarge
-from streams.kafka import consumer_factory, high_watermarks
+from streams.kafka import consumer_factory
 from streams.metrics import AgentMetrics
 
 __all__ = ["AgentRunner", "AgentSpec"]
@@ -135,6 +137,7 @@ class AgentRunner:
         tick = spec.tick_seconds
         self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
         self.metrics = AgentMetrics(self)
+        self.recovery = Recovery(self)
         limit = spec.max_records
         self.max_records: int = (limit(settings) if callable(limit) else limit) or settings.batch_max_records
         wait = spec.fetch_wait_ms
@@ -274,6 +277,7 @@ class AgentRunner:
 
     async def _cleanup(self) -> None:
         self.ready.clear()
+        self.recovery.abandon()
         if self._lock.locked() and self._in_batch:
             self._in_batch = False
             self._lock.release()
@@ -528,70 +532,23 @@ class AgentRunner:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             partitions = sorted(tp.partition for tp in assigned if tp.topic == self.spec.topic.name)
-            for table in self.tables.values():
-                await self._restore(table, partitions)
+            # Paused until their tables are restored, in the background: see streams/engine/recovery.py.
+            self.recovery.start(partitions)
+
+    async def activate(self, partitions: list[int], still_assigned: Callable[[], bool]) -> None:
+        """Start processing partitions whose tables the recovery has restored (unless taken away since)."""
+        async with self._lock:
+            if not still_assigned():
+                return
             self.assigned_partitions = sorted(set(self.assigned_partitions) | set(partitions))
             if self.spec.on_assigned is not None:
-                await self.spec.on_assigned(self, partitions)
+                try:
+                    await self.spec.on_assigned(self, partitions)
+                except Exception:
+                    logger.exception("agent %s: its on_assigned hook failed for partitions %s", self.name,
+                                     partitions)
             logger.info("agent %s: ready on partitions %s", self.name, self.assigned_partitions)
             self.ready.set()
-
-    async def _restore(self, table: Table, partitions: list[int]) -> None:
-        """Bring the table's stores for these partitions up to the end of their changelog."""
-        if not partitions:
-            return
-        for partition in partitions:
-            table.open(partition)
-        consumer = consumer_factory(self.settings, group_id=None, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            tps = [TopicPartition(table.changelog_topic, p) for p in partitions]
-            consumer.assign(tps)
-            # Not end_offsets: the embedded broker undercounts it, and a restore that stops short
-            # loses the last changelog batch (seen as commands applied twice after a SIGKILL).
-            ends = await high_watermarks(consumer, tps)
-            remaining: dict[TopicPartition, int] = {}
-            for tp in tps:
-                store = table.open(tp.partition)
-                applied, end = store.changelog_offset, ends[tp]
-                if applied >= end:
-                    if applied >= 0:
-                        logger.warning(
-                            "agent %s: table %s[%d] is ahead of its changelog (applied %d, end %d): the "
-                            "broker lost data; keeping the local state", self.name, table.name,
-                            tp.partition, applied, end,
-                        )
-                        store.write({}, end - 1)
-                    continue
-                if applied + 1 < end:
-                    consumer.seek(tp, applied + 1)
-                    remaining[tp] = end
-            restored = 0
-            deadline = time.monotonic() + 300
-            while remaining:
-                if time.monotonic() > deadline:
-                    raise KafkaError(f"restoring table {table.name} did not finish in 300 s")
-                fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
-                for tp, messages in fetched.items():
-                    changes: dict[bytes, bytes | None] = {}
-                    last = -1
-                    for message in messages:
-                        if message.offset >= remaining.get(tp, 0):
-                            break
-                        if message.key is not None:
-                            changes[message.key] = message.value
-                        last = message.offset
-                    if last >= 0:
-                        table.commit(tp.partition, changes, last)
-                        restored += len(changes)
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= remaining[tp]:
-                        remaining.pop(tp)
-            if restored:
-                logger.info("agent %s: restored %d keys of table %s from its changelog", self.name, restored,
-                            table.name)
-        finally:
-            await consumer.stop()
 
 
 class _Listener(ConsumerRebalanceListener):

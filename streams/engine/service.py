@@ -12,12 +12,13 @@ from mode import Service
 
 from faust_app import Settings, app, settings
 from streams.catalog import all_topics, ensure_topics
+from streams.engine.recovery import readiness
 from streams.engine.registry import registered_agents
 from streams.engine.runner import AgentRunner
 from streams.gcpause import freeze_long_lived
 from streams.kafka import admin_factory, producer_factory
 
-__all__ = ["StreamEngine", "changelog_topics", "prepare_topics"]
+__all__ = ["StreamEngine", "changelog_topics", "prepare_topics", "readyz_page"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class StreamEngine(Service):
         self._freezer: asyncio.Task[None] | None = None
 
     async def on_start(self) -> None:
+        global _engine
+        _engine = self
         specs = registered_agents()
         await prepare_topics(self.settings)
         self.producer = producer_factory(self.settings)
@@ -99,3 +102,16 @@ class StreamEngine(Service):
             if producer is not None:
                 await producer.stop()
         self.producer = self.live_producer = None
+
+
+#: The engine of this worker process, once started (what ``/readyz`` reports on).
+_engine: StreamEngine | None = None
+
+
+@app.page("/readyz")
+async def readyz_page(self: Any, request: Any) -> Any:
+    """200 once every agent processes every partition it owns; 503 naming what is starting or restoring."""
+    if _engine is None:
+        return self.json({"ready": False, "starting": ["engine"]}, status=503)
+    status, body = readiness(_engine.runners)
+    return self.json(body, status=status)

@@ -45,8 +45,9 @@ class PartitionStore:
         value = self._db.get(key)
         return None if value is None else bytes(value)
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items():
+    def items(self, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value in key order, from ``start`` (included) when given."""
+        for key, value in self._db.items(from_key=start) if start is not None else self._db.items():
             if key != _OFFSET_KEY:
                 yield bytes(key), bytes(value)  # type: ignore[arg-type]  # raw mode: always bytes
 
@@ -149,6 +150,29 @@ class Table:
         for key, raw_pending in pending.items():
             if raw_pending is not None:
                 yield key.decode(), json.loads(raw_pending)
+
+    def scan(self, partition: int, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        """Up to ``limit`` stored keys after ``after`` (in key order), with their newest values.
+
+        For work done a slice at a time (sweeps): the next call passes the last key returned. Writes
+        not flushed yet override the stored values; keys that exist only in such writes are not listed
+        (they are the batch's own new keys, listed once stored).
+        """
+        pending = {**self._flushing.get(partition, {}), **self._pending.get(partition, {})}
+        found: list[tuple[str, Any]] = []
+        start = after.encode() if after is not None else None
+        for key, raw in self._store(partition).items(start):
+            if key == start:
+                continue
+            if key in pending:
+                raw_pending = pending[key]
+                if raw_pending is None:
+                    continue
+                raw = raw_pending
+            found.append((key.decode(), json.loads(raw)))
+            if len(found) >= limit:
+                break
+        return found
 
     @property
     def partitions(self) -> list[int]:
