@@ -4,8 +4,9 @@ Each agent has its own consumer group (``<app_id>.<agent>``), so agents scale an
 Partition assignment opens the agent's tables for those partitions and replays their changelogs
 before any record of them is processed (``streams/engine/recovery.py``); revocation waits for the
 batch in flight to be finished.
-An agent that raises is restarted with a backoff from its last committed offsets; records it had not
-committed are processed again, which is safe because agents deduplicate by event id.
+An agent that raises is restarted from its last committed offsets; records it had not committed are
+processed again, which is safe because agents deduplicate by event id. Its batches then shrink until
+the record that crashed it is alone, and a record that keeps crashing it is quarantined (see ``run``).
 """
 
 from __future__ import annotations
