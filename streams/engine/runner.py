@@ -52,6 +52,9 @@ class AgentSpec:
     on_revoked: RevokedHook | None = None
     max_records: int | Callable[[Settings], int] | None = None
     fetch_wait_ms: int | Callable[[Settings], int] | None = None
+    #: Back-pressure: at most this many records handed out with ``Batch.defer`` and not finished;
+    #: while the bound is reached the consumer's partitions are paused (no fetch, no prefetch).
+    max_in_flight: int | Callable[[Settings], int] | None = None
 
     def changelog_topic(self, app_id: str, table: str) -> str:
         return f"{app_id}.{self.name}.{table}.changelog"
@@ -105,6 +108,9 @@ class AgentRunner:
         if callable(wait):
             wait = wait(settings)
         self.fetch_wait_ms: int = settings.batch_wait_ms if wait is None else wait
+        bound = spec.max_in_flight
+        self.max_in_flight: int | None = bound(settings) if callable(bound) else bound
+        self._pause_logged = -30.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -175,7 +181,8 @@ class AgentRunner:
             wait_ms = 1000
             if tick:
                 wait_ms = max(0, min(wait_ms, int((self._next_tick - time.monotonic()) * 1000)))
-            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=self.max_records)
+            limit = self._room(consumer) if self.max_in_flight else self.max_records
+            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
             if self._stopping:
                 raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
             await self._lock.acquire()
@@ -190,6 +197,21 @@ class AgentRunner:
                 return batch
             self._in_batch = False
             self._lock.release()
+
+    def _room(self, consumer: AIOKafkaConsumer) -> int:
+        """How many records to fetch under ``max_in_flight``; pauses every partition while it is 0."""
+        assert self.max_in_flight is not None
+        room = self.max_in_flight - self.deferred_count
+        paused = consumer.paused()
+        if room <= 0:
+            if not paused and time.monotonic() >= self._pause_logged + 30:  # once per 30 s under a flood
+                self._pause_logged = time.monotonic()
+                logger.info("agent %s: %d records in flight (the bound); fetching paused", self.name,
+                            self.deferred_count)
+            consumer.pause(*consumer.assignment())  # a paused partition drops its prefetched records
+        elif paused:
+            consumer.resume(*paused)
+        return max(1, min(self.max_records, room))
 
     def _build_batch(self, fetched: dict[TopicPartition, list[Any]]) -> Batch[Any]:
         model = self.spec.topic.model
