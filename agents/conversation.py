@@ -14,8 +14,9 @@ For each ConversationTurn on ``soma.conversation.turns`` (keyed by session) the 
 4. publishes ``completed`` (full text, finish reason, usage, cost, TTFT, latency) and one UsageEvent,
    waits for the broker to acknowledge them, and only then appends the turn to the history and marks
    it seen — a crash before that point replays the turn;
-5. on any failure — the provider down, a stream broken mid-answer, the circuit open, the turn's
-   timeout — publishes ``failed`` with the reason and sends the turn to the DLQ for a later re-drive.
+5. on any failure — the provider down or answering garbage, a stream broken mid-answer, the circuit
+   open, memory retrieval failing, the turn's timeout — publishes ``failed`` with the reason and sends
+   the turn to the DLQ for a later re-drive; the agent goes on with the next turn.
    A partial answer is never marked completed, and a failed turn is not marked seen, so a re-drive
    answers it.
 

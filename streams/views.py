@@ -5,6 +5,8 @@ conversation agent (turns keyed by session) must know each tenant's training loc
 tenant). Asking Redis per turn would put a network round trip on every turn; instead every worker
 reads the compacted state topic whole, like Faust's global tables, and keeps the latest event per key
 in memory. The view lags the topic by a fetch (milliseconds); it is a view, never a source of truth.
+``caught_up`` is set once the view has read every partition up to the end it had when the view
+started (its high watermark): a reader that must not act on a stale view waits for it.
 """
 
 from __future__ import annotations
