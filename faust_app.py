@@ -265,11 +265,24 @@ class Settings(BaseModel):
     )
     turn_timeout_seconds: float = Field(
         120.0, alias="SOMA_TURN_TIMEOUT_SECONDS", gt=0, le=3600,
-        description="Longest a turn may take from start to its last token; then it fails.",
+        description="Longest a turn may take, from the worker taking it to its last token (waiting for the "
+        "session's previous turn and for a model slot, memory retrieval and the model); then it fails.",
     )
     max_concurrent_turns: int = Field(
         64, alias="SOMA_MAX_CONCURRENT_TURNS", ge=1, le=10_000,
-        description="Turns a worker answers at once (turns of one session always run one after another).",
+        description="Model slots: turns a worker answers at once, shared round-robin among tenants (turns of "
+        "one session always run one after another).",
+    )
+    max_turns_in_flight: int = Field(
+        256, alias="SOMA_MAX_TURNS_IN_FLIGHT", ge=1, le=100_000,
+        description="Turns a worker holds at once (answering or waiting for a slot or their session); while "
+        "it holds this many it fetches no more.",
+    )
+    training_state_wait_seconds: float = Field(
+        30.0, alias="SOMA_TRAINING_STATE_WAIT_SECONDS", ge=0, le=600,
+        description="Longest the conversation agent waits at start for its view of the training lock state "
+        "to reach the topic's end before it takes turns; while the view is behind, policy 'reject' refuses "
+        "every turn (fail closed).",
     )
     turn_fetch_wait_ms: int = Field(
         10, alias="SOMA_TURN_FETCH_WAIT_MS", ge=1, le=10_000,

@@ -14,18 +14,28 @@ For each ConversationTurn on ``soma.conversation.turns`` (keyed by session) the 
 4. publishes ``completed`` (full text, finish reason, usage, cost, TTFT, latency) and one UsageEvent,
    waits for the broker to acknowledge them, and only then appends the turn to the history and marks
    it seen — a crash before that point replays the turn;
-5. on any failure — the provider down, a stream broken mid-answer, the circuit open, the turn's
-   timeout — publishes ``failed`` with the reason and sends the turn to the DLQ for a later re-drive.
+5. on any failure — the provider down or answering garbage, a stream broken mid-answer, the circuit
+   open, memory retrieval failing, the turn's timeout — publishes ``failed`` with the reason and sends
+   the turn to the DLQ for a later re-drive; the agent goes on with the next turn.
    A partial answer is never marked completed, and a failed turn is not marked seen, so a re-drive
    answers it.
 
 Turns take seconds, so they do not block the stream: each runs as a task (``Batch.defer`` holds its
 offset's commit until it is done), turns of one session run one after another (each waits for the
-previous), and at most ``SOMA_MAX_CONCURRENT_TURNS`` call the model at once. Chunk events go out as
-they are made (``Batch.publish``), not with the batch: a client is watching.
+previous), and at most ``SOMA_MAX_CONCURRENT_TURNS`` call the model at once — model slots handed out
+round-robin over the tenants with turns waiting (:class:`agents.slots.FairSlots`), so one tenant's
+flood does not queue every other tenant behind it. A worker holds at most ``SOMA_MAX_TURNS_IN_FLIGHT``
+turns (taken and not finished): while it holds that many, the engine pauses its fetching, so a flood
+waits in the topic, not in memory. ``SOMA_TURN_TIMEOUT_SECONDS`` runs from the moment the worker takes
+the turn: waiting for the session's previous turn, for a slot, memory retrieval and the model all
+count. Chunk events go out as they are made (``Batch.publish``), not with the batch: a client is
+watching.
 
 The training lock comes from a view of the compacted lock state topic that every worker reads whole
-(:class:`streams.views.TopicView`), not from Redis per turn.
+(:class:`streams.views.TopicView`), not from Redis per turn. At start the agent waits (at most
+``SOMA_TRAINING_STATE_WAIT_SECONDS``) for the view to reach the end the topic had, so a lock taken
+before the worker started applies to its first turn; while the view is behind, ``reject`` refuses
+every turn (fail closed) and ``allow`` answers them unmarked.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from urllib.parse import urlparse
 from agents.exceptions import TurnRefused
 from agents.memory import retrieve
 from agents.pricing import PriceTable
+from agents.slots import FairSlots
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
 from connectors.model_server import local_tokenizer_for_model, prompt_renderer_for_model
@@ -119,7 +130,7 @@ class _ConversationState:
     prices: PriceTable
     locks: TopicView[LockState]
     provider: str
-    slots: asyncio.Semaphore
+    slots: FairSlots
     seen: SeenIds
     #: The last task of each session: the next turn of that session waits for it.
     sessions: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -145,7 +156,7 @@ class _ConversationState:
         locks: TopicView[LockState] = TopicView(settings, LOCK_STATE, keep=_lock_is_current)
         locks.start()
         return cls(settings, client, PriceTable.load(settings.prices_file), locks, provider,
-                   asyncio.Semaphore(settings.max_concurrent_turns), SeenIds(settings.dedupe_ttl_seconds * 1000))
+                   FairSlots(settings.max_concurrent_turns), SeenIds(settings.dedupe_ttl_seconds * 1000))
 
     def active_lock(self, tenant: str, now_ms: int) -> LockState | None:
         state = self.locks.get(tenant)
@@ -224,12 +235,14 @@ async def _on_revoked(runner: AgentRunner, partitions: list[int]) -> None:
     on_revoked=_on_revoked,
     tick_seconds=_TICK_SECONDS,
     fetch_wait_ms=lambda settings: settings.turn_fetch_wait_ms,
+    max_in_flight=lambda settings: settings.max_turns_in_flight,
 )
 async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
     """Start a task per turn; the stream commits each turn's offset once its task is done."""
     global _state
     state = _agent_state(stream.settings)
     try:
+        await _wait_for_lock_state(state)
         async for batch in stream:
             accepted: list[tuple[Record[ConversationTurn], bool]] = []
             for record in batch:
@@ -247,6 +260,20 @@ async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
     finally:
         _state = None
         await state.close()
+
+
+async def _wait_for_lock_state(state: _ConversationState) -> None:
+    """Let the lock view reach the topic's end before the first turn (bounded; see the module docstring)."""
+    wait = state.settings.training_state_wait_seconds
+    started = time.monotonic()
+    if await state.locks.wait_caught_up(wait):
+        logger.info("conversation: training lock state read (%d tenants) in %.1f s", len(state.locks),
+                    time.monotonic() - started)
+    else:
+        logger.error("conversation: the view of %s did not catch up within %g s "
+                     "(SOMA_TRAINING_STATE_WAIT_SECONDS); until it does, turns are %s", LOCK_STATE.name, wait,
+                     "refused (SOMA_TRAINING_MODE_POLICY=reject fails closed)"
+                     if state.settings.training_mode_policy == "reject" else "answered without training marks")
 
 
 def _failed_reply(batch: Batch[ConversationTurn]) -> Callable[[Record[ConversationTurn], Exception], None]:
@@ -269,6 +296,10 @@ def _accept(batch: Batch[ConversationTurn], record: Record[ConversationTurn], st
     if len(turn.prompt) > settings.turn_max_prompt_chars:
         raise TurnRefused(f"prompt is {len(turn.prompt)} characters; the maximum is "
                           f"{settings.turn_max_prompt_chars} (SOMA_TURN_MAX_PROMPT_CHARS)")
+    if settings.training_mode_policy == "reject" and not state.locks.caught_up.is_set():
+        raise TurnRefused(f"the training lock state ({LOCK_STATE.name}) has not been read to its end yet, so "
+                          "whether the tenant is in training mode is unknown; turns are refused until it is "
+                          "(SOMA_TRAINING_MODE_POLICY=reject)")
     lock = state.active_lock(turn.tenant, batch.now_ms)
     if lock is not None and settings.training_mode_policy == "reject":
         until = lock.expires_at.isoformat(timespec="seconds") if lock.expires_at else "?"
@@ -292,11 +323,21 @@ def _spawn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], sta
 async def _run_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
                     previous: asyncio.Task[None] | None, done: Callable[[], None], training_mode: bool) -> None:
     turn = record.event
+    progress = _Progress(asyncio.timeout(state.settings.turn_timeout_seconds))
     try:
-        if previous is not None:
-            await asyncio.wait([previous])  # the session's earlier turn first: its answer is our history
-        async with state.slots:
-            await _answer(batch, record, state, training_mode)
+        try:
+            async with progress.deadline:
+                if previous is not None:
+                    progress.phase = "waiting for the session's previous turn"
+                    await asyncio.wait([previous])  # the session's earlier turn first: its answer is our history
+                progress.phase = "waiting for a model slot"
+                async with state.slots.slot(turn.tenant):
+                    await _answer(batch, record, state, training_mode, progress)
+        except TimeoutError as exc:
+            if not progress.deadline.expired():
+                raise
+            raise TurnTimedOut(f"the turn did not finish within {state.settings.turn_timeout_seconds:g} s "
+                               f"(SOMA_TURN_TIMEOUT_SECONDS); it was {progress.phase}") from exc
     except asyncio.CancelledError:
         raise  # revoked or stopping: not done, the next owner replays the turn
     except Exception as exc:
@@ -312,8 +353,25 @@ async def _run_turn(batch: Batch[ConversationTurn], record: Record[ConversationT
     done()
 
 
+class TurnTimedOut(Exception):
+    """The turn was not finished within ``SOMA_TURN_TIMEOUT_SECONDS`` of the worker taking it."""
+
+
+@dataclass
+class _Progress:
+    """Where a turn is, for the reason of a timeout; ``deadline`` is the whole turn's."""
+
+    deadline: asyncio.Timeout
+    phase: str = "starting"
+
+    def finishing(self) -> None:
+        """The answer is complete: its events go out whatever the clock says (never completed *and* failed)."""
+        self.phase = "publishing the answer"
+        self.deadline.reschedule(None)
+
+
 async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
-                  training_mode: bool) -> None:
+                  training_mode: bool, progress: _Progress) -> None:
     turn = record.event
     settings = state.settings
     topic, key = CONVERSATION_EVENTS.name, turn.session_id
@@ -325,6 +383,7 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     sources: list[Source] = []
     system_prompt = settings.system_prompt
     if turn.memory is not None:
+        progress.phase = "retrieving memory"
         hits = await retrieve(turn.tenant, turn.memory.collection, turn.prompt, turn.memory.top_k)
         system_prompt = memory_prompt(settings.system_prompt, hits)
         sources = [Source(collection=turn.memory.collection, doc_id=hit.doc_id, chunk=hit.chunk, score=hit.score)
@@ -334,19 +393,21 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
 
     chunker = _Chunker(settings.chunk_interval_ms / 1000, settings.chunk_max_deltas)
     result: ChatResult | None = None
-    async with asyncio.timeout(settings.turn_timeout_seconds):
-        stream = state.client.stream_chat(messages, model=turn.model, max_tokens=max_tokens,
-                                          temperature=turn.temperature)
-        async with contextlib.aclosing(cast(AsyncGenerator[ChatEvent, None], stream)) as events:
-            async for item in events:
-                if isinstance(item, ChatDelta):
-                    ready = chunker.add(item.text)
-                    if ready is not None:
-                        await _publish_chunk(batch, turn, ready, chunker, training_mode)
-                else:
-                    result = item
+    progress.phase = "waiting for the model's first token"
+    stream = state.client.stream_chat(messages, model=turn.model, max_tokens=max_tokens,
+                                      temperature=turn.temperature)
+    async with contextlib.aclosing(cast(AsyncGenerator[ChatEvent, None], stream)) as events:
+        async for item in events:
+            if isinstance(item, ChatDelta):
+                progress.phase = "streaming the answer"
+                ready = chunker.add(item.text)
+                if ready is not None:
+                    await _publish_chunk(batch, turn, ready, chunker, training_mode)
+            else:
+                result = item
     if result is None:
         raise RuntimeError("the model stream ended without a result")
+    progress.finishing()
     rest = chunker.drain()
     if rest is not None:
         await _publish_chunk(batch, turn, rest, chunker, training_mode)

@@ -164,7 +164,13 @@ async def process_batch(batch: Batch[EmbeddingJob], state: _AgentState) -> None:
         await _embed(works, memory)
         await _apply(works, memory)
     for work in works:
-        _answer(batch, work, memory, started)
+        try:
+            _answer(batch, work, memory, started)
+        except Exception as exc:
+            # An answer that cannot be built (a dependency's value outside the contract): this job
+            # fails with the reason, the batch and the agent go on.
+            work.error = exc
+            _fail(batch, work.record, exc, started)
         if work.error is None:
             state.seen.add(batch, work.job.event_id, work.record.partition)
     state.seen.sweep(batch)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 import os
 import threading
 import time
@@ -104,6 +105,22 @@ class Embedder(Protocol):
     async def health(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+#: Token counts an endpoint reports above this are not believed (the contracts bound them, too).
+_MAX_REPORTED_TOKENS = 100_000_000
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value.name`` or ``value[name]``: the SDK leaves the parts it could not build as plain JSON."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None) if not isinstance(value, str | bytes | list) else None
+
+
+def _preview(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:200] + ("…" if len(text) > 200 else "")
 
 
 def _batches(texts: Sequence[str], size: int) -> list[Sequence[str]]:
@@ -361,20 +378,45 @@ class OpenAIEmbedder:
             ) from exc
         except openai.OpenAIError as exc:
             raise self._unavailable(exc, attempts) from exc
+        except ValueError as exc:  # the SDK's json.loads of a body that is not JSON (a proxy's error page)
+            raise EmbeddingsUnavailable(
+                f"embeddings endpoint {self.base_url} answered with something that is not an embeddings "
+                f"response (not JSON: {exc})"
+            ) from exc
         return self._parse(response, texts)
 
     def _parse(self, response: Any, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
-        data = sorted(response.data, key=lambda item: item.index)
-        if len(data) != len(texts) or [item.index for item in data] != list(range(len(texts))):
+        """The vectors and token shares of a response, checked: anything else is EmbeddingsUnavailable.
+
+        The SDK does not validate responses (it builds its models without checks), so a broken server
+        or proxy shows up here as a string, a list, or items of the wrong shape; and JSON carries
+        ``NaN``. None of that may reach Qdrant as a vector.
+        """
+        data = _field(response, "data")
+        items = [(_field(item, "index"), _field(item, "embedding")) for item in data] \
+            if isinstance(data, list) else None
+        if items is None or not all(type(index) is int for index, _ in items):
             raise EmbeddingsUnavailable(
-                f"embeddings endpoint {self.base_url} returned {len(data)} vectors for {len(texts)} texts"
+                f"embeddings endpoint {self.base_url} answered with something that is not an embeddings "
+                f"response: {_preview(response)}"
             )
-        vectors = [item.embedding for item in data]
+        items.sort(key=lambda item: item[0])
+        if len(items) != len(texts) or [index for index, _ in items] != list(range(len(texts))):
+            raise EmbeddingsUnavailable(
+                f"embeddings endpoint {self.base_url} returned {len(items)} vectors for {len(texts)} texts"
+            )
+        vectors = [vector for _, vector in items]
         for vector in vectors:
-            if not isinstance(vector, list) or not vector or not isinstance(vector[0], int | float):
+            if not isinstance(vector, list) or not vector or not all(type(x) is float or type(x) is int
+                                                                     for x in vector):
                 raise EmbeddingsUnavailable(
-                    f"embeddings endpoint {self.base_url} did not return one flat vector per text (a model "
-                    "without pooling returns one vector per token; serve it with mean pooling)"
+                    f"embeddings endpoint {self.base_url} did not return one flat vector of numbers per text (a "
+                    "model without pooling returns one vector per token; serve it with mean pooling)"
+                )
+            if not all(math.isfinite(x) for x in vector):
+                raise EmbeddingsUnavailable(
+                    f"embeddings endpoint {self.base_url} returned a vector whose values are not finite (NaN or "
+                    "infinity)"
                 )
         sizes = {len(vector) for vector in vectors}
         if len(sizes) != 1 or (self._dimension is not None and sizes != {self._dimension}):
@@ -383,15 +425,18 @@ class OpenAIEmbedder:
                 f"(expected {self._dimension or 'one size'})"
             )
         self._dimension = sizes.pop()
-        usage = getattr(response, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
-        if prompt_tokens is None:
-            if not self._usage_missing_logged:
+        usage = _field(response, "usage")
+        prompt_tokens = _field(usage, "prompt_tokens") if usage is not None else None
+        if type(prompt_tokens) is not int or not 0 <= prompt_tokens <= _MAX_REPORTED_TOKENS:
+            if prompt_tokens is not None:
+                logger.warning("embeddings endpoint %s reported prompt_tokens=%.40r; not counted", self.base_url,
+                               prompt_tokens)
+            elif not self._usage_missing_logged:
                 logger.warning("embeddings endpoint %s sends no usage; embedding tokens are not counted",
                                self.base_url)
                 self._usage_missing_logged = True
             return vectors, None
-        return vectors, share_tokens(int(prompt_tokens), texts)
+        return vectors, share_tokens(prompt_tokens, texts)
 
     def _unavailable(self, exc: BaseException, attempts: int) -> EmbeddingsUnavailable:
         return EmbeddingsUnavailable(

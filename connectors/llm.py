@@ -190,9 +190,20 @@ class _StreamEndedEarly(Exception):
     """The stream ended before any text and without a finish_reason (e.g. the server interrupted it)."""
 
 
+class _StreamGarbled(Exception):
+    """Reading the stream failed: the connection was cut, or an event was not JSON (a broken server or proxy)."""
+
+
+#: Chunks read before the first text without any text or finish_reason: a server past this sends noise.
+_MAX_CHUNKS_BEFORE_TEXT = 1000
+#: Token counts a provider reports above this are not believed (the contracts bound them, too).
+_MAX_REPORTED_TOKENS = 100_000_000
+_MAX_MODEL_NAME_CHARS = 256
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether another attempt may succeed: connection errors, timeouts, 408/409/429, 5xx."""
-    if isinstance(exc, openai.APIConnectionError | _StreamStalled | _StreamEndedEarly):
+    if isinstance(exc, openai.APIConnectionError | _StreamStalled | _StreamEndedEarly | _StreamGarbled):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in TRANSIENT_STATUS_CODES or exc.status_code >= 500
@@ -218,21 +229,45 @@ def first_choice(chunk: object) -> tuple[str | None, str | None]:
             delta = choice.get("delta")
             content = delta.get("content") if isinstance(delta, dict) else None
             finish_reason = choice.get("finish_reason")
-            return (content if isinstance(content, str) and content else None,
-                    finish_reason if isinstance(finish_reason, str) and finish_reason else None)
+            return (_clean_text(content) if isinstance(content, str) and content else None,
+                    _clean_text(finish_reason)[:64] if isinstance(finish_reason, str) and finish_reason else None)
     return None, None
+
+
+def _clean_text(text: str) -> str:
+    """``text`` without lone surrogates (JSON can carry ``\\ud800``; UTF-8, hence our events, cannot)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def served_model_name(value: object) -> str | None:
+    """The ``model`` a chunk names, when it is a plausible model name (else the requested one is kept)."""
+    if isinstance(value, str) and 0 < len(value) <= _MAX_MODEL_NAME_CHARS and value.isprintable() \
+            and value.strip() == value:
+        return value
+    return None
 
 
 def provider_usage(reported: dict[str, Any]) -> TokenUsage | None:
     """The ``usage`` object of a stream's last chunk as TokenUsage, or ``None`` when it lacks the counts."""
     prompt, completion = reported.get("prompt_tokens"), reported.get("completion_tokens")
-    if not (isinstance(prompt, int) and isinstance(completion, int)) or prompt < 0 or completion < 0:
+    if not (_token_count(prompt) and _token_count(completion)):
         return None
+    assert isinstance(prompt, int) and isinstance(completion, int)
     details = reported.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return TokenUsage(input_tokens=prompt, output_tokens=completion,
-                      cached_tokens=cached if isinstance(cached, int) and 0 <= cached <= prompt else 0,
-                      counted_by="provider")
+    if not (isinstance(cached, int) and _token_count(cached) and cached <= prompt):
+        cached = 0
+    try:
+        return TokenUsage(input_tokens=prompt, output_tokens=completion, cached_tokens=cached,
+                          counted_by="provider")
+    except ValueError:  # outside the contract's bounds: count instead of trusting it
+        return None
+
+
+def _token_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_REPORTED_TOKENS  # not bool, not absurd
 
 
 # -- the client -----------------------------------------------------------------------------------
@@ -358,9 +393,7 @@ class ChatClient:
                     break
                 if not isinstance(chunk, dict):
                     continue  # not a chunk object; a stream of nothing else ends without a finish_reason
-                model_name = chunk.get("model")
-                if model_name and isinstance(model_name, str):
-                    served_model = model_name
+                served_model = served_model_name(chunk.get("model")) or served_model
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
                 piece, finished = first_choice(chunk)
@@ -438,6 +471,12 @@ class ChatClient:
             return None
         except TimeoutError as exc:
             raise _StreamStalled(f"no data from the LLM stream for {self.timeout:.0f} s") from exc
+        except openai.OpenAIError:
+            raise  # an error event in the stream, or the SDK's own mapping: already says what happened
+        except Exception as exc:
+            # The transport's errors (a cut connection) and the SSE decoder's (an event that is not JSON)
+            # are not the SDK's: name them here so they are retried before the first token, and reported.
+            raise _StreamGarbled(f"reading the stream failed: {type(exc).__name__}: {exc}") from exc
 
     async def _open_with_retries(
         self, request: dict[str, Any]
@@ -465,7 +504,7 @@ class ChatClient:
                 f"LLM at {self.base_url} rejected the request with HTTP {exc.status_code}: {exc.message}",
                 status_code=exc.status_code,
             ) from exc
-        except (openai.OpenAIError, _StreamStalled, _StreamEndedEarly) as exc:
+        except (openai.OpenAIError, _StreamStalled, _StreamEndedEarly, _StreamGarbled) as exc:
             raise self._unavailable(exc, attempts) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -507,6 +546,8 @@ class ChatClient:
                 first.append(chunk)
                 if first_choice(chunk)[0]:
                     return stream, first
+                if len(first) > _MAX_CHUNKS_BEFORE_TEXT:
+                    raise _StreamEndedEarly(f"the stream sent {len(first)} events without text or a finish_reason")
         except BaseException:
             await stream.close()
             raise

@@ -31,6 +31,7 @@ are mapped to :class:`CollectionNotFound`, :class:`CollectionMismatch` (vector s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import sqlite3
@@ -84,7 +85,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, UnexpectedResponse):
         status = exc.status_code or 0
         return status in _TRANSIENT_STATUS or status >= 500
-    return isinstance(exc, ResponseHandlingException | httpx.TransportError | ConnectionError | TimeoutError)
+    # A 200 whose body is not JSON comes from something in front of Qdrant (a proxy's page): try again.
+    return isinstance(exc, ResponseHandlingException | httpx.TransportError | ConnectionError | TimeoutError
+                      | json.JSONDecodeError | UnicodeDecodeError)
 
 
 def _message(exc: BaseException) -> str:
@@ -93,6 +96,8 @@ def _message(exc: BaseException) -> str:
         return f"HTTP {exc.status_code} {exc.reason_phrase}: {body}".strip()
     if isinstance(exc, ResponseHandlingException):
         return f"{type(exc.source).__name__}: {exc.source}"
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return f"the answer is not a Qdrant response (not JSON: {exc})"
     return f"{type(exc).__name__}: {exc}"
 
 

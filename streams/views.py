@@ -5,6 +5,8 @@ conversation agent (turns keyed by session) must know each tenant's training loc
 tenant). Asking Redis per turn would put a network round trip on every turn; instead every worker
 reads the compacted state topic whole, like Faust's global tables, and keeps the latest event per key
 in memory. The view lags the topic by a fetch (milliseconds); it is a view, never a source of truth.
+``caught_up`` is set once the view has read every partition up to the end it had when the view
+started (its high watermark): a reader that must not act on a stale view waits for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust_app import Settings
 from schemas import Envelope, decode_event
 from streams.catalog import TopicSpec
-from streams.kafka import consumer_factory
+from streams.kafka import consumer_factory, high_watermarks
 from streams.metrics import RECORDS_SKIPPED
 from streams.skips import SkippedRecords
 
@@ -58,6 +60,14 @@ class TopicView(Generic[E]):
     def __len__(self) -> int:
         return len(self._latest)
 
+    async def wait_caught_up(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the view to reach the end the topic had when it started."""
+        if not self.caught_up.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.caught_up.wait()
+        return self.caught_up.is_set()
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"view-{self.topic.name}")
@@ -92,10 +102,17 @@ class TopicView(Generic[E]):
         tps = [TopicPartition(self.topic.name, partition) for partition in sorted(partitions)]
         if not tps:
             raise RuntimeError(f"topic {self.topic.name} has no partitions (not created yet?)")
+        # The end as it is now: the view has caught up once it has read that far. Not "an empty fetch":
+        # a first fetch can come back empty before the broker has sent anything.
+        ends = await high_watermarks(consumer, tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        behind = {tp: end for tp, end in ends.items() if end > 0}
         model: Any = self.topic.model
         while True:
+            if not behind and not self.caught_up.is_set():
+                logger.info("view of %s caught up: %d keys", self.topic.name, len(self._latest))
+                self.caught_up.set()
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
             for messages in fetched.values():
                 for message in messages:
@@ -111,6 +128,6 @@ class TopicView(Generic[E]):
                         continue
                     if kept:
                         self._latest[key] = event
-            if not fetched and not self.caught_up.is_set():
-                # An empty fetch means we reached the end (end_offsets is unreliable on the embedded broker).
-                self.caught_up.set()
+            for tp in list(behind):
+                if await consumer.position(tp) >= behind[tp]:
+                    del behind[tp]

@@ -31,6 +31,7 @@ def agent(
     on_revoked: RevokedHook | None = None,
     max_records: int | Callable[[Any], int] | None = None,
     fetch_wait_ms: int | Callable[[Any], int] | None = None,
+    max_in_flight: int | Callable[[Any], int] | None = None,
 ) -> Callable[[F], F]:
     """Register an async function over a :class:`BatchStream` as an agent on ``topic``.
 
@@ -42,14 +43,17 @@ def agent(
     ``max_records`` caps the records of one batch (default
     ``SOMA_BATCH_MAX_RECORDS``), for agents whose records are costly (a batch is the unit of commit).
     ``fetch_wait_ms`` bounds how long the broker may hold a fetch with nothing new (default
-    ``SOMA_BATCH_WAIT_MS``): an agent a person is waiting on takes a shorter one.
+    ``SOMA_BATCH_WAIT_MS``): an agent a person is waiting on takes a shorter one. ``max_in_flight``
+    bounds the records handed out with ``Batch.defer`` and not yet finished: fetching pauses while
+    the bound is reached.
     """
 
     def register(fn: F) -> F:
         if name in _AGENTS and _AGENTS[name].fn is not fn:
             raise ValueError(f"an agent named {name!r} is already registered")
         _AGENTS[name] = AgentSpec(name, topic, fn, tables, on_invalid, on_assigned, tick_seconds,
-                                  on_revoked=on_revoked, max_records=max_records, fetch_wait_ms=fetch_wait_ms)
+                                  on_revoked=on_revoked, max_records=max_records, fetch_wait_ms=fetch_wait_ms,
+                                  max_in_flight=max_in_flight)
         return fn
 
     return register

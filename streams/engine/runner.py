@@ -79,6 +79,9 @@ class AgentSpec:
     on_revoked: RevokedHook | None = None
     max_records: int | Callable[[Settings], int] | None = None
     fetch_wait_ms: int | Callable[[Settings], int] | None = None
+    #: Back-pressure: at most this many records handed out with ``Batch.defer`` and not finished;
+    #: while the bound is reached the consumer's partitions are paused (no fetch, no prefetch).
+    max_in_flight: int | Callable[[Settings], int] | None = None
 
     def changelog_topic(self, app_id: str, table: str) -> str:
         return f"{app_id}.{self.name}.{table}.changelog"
@@ -135,6 +138,8 @@ class AgentRunner:
         self._quarantined: set[tuple[str, int, int]] = set()
         self.quarantined = 0
         self.rerouted = 0
+        #: Partitions paused because ``max_in_flight`` records are in flight (see ``_room``).
+        self._room_paused: set[TopicPartition] = set()
         tick = spec.tick_seconds
         self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
         self.metrics = AgentMetrics(self)
@@ -145,6 +150,9 @@ class AgentRunner:
         if callable(wait):
             wait = wait(settings)
         self.fetch_wait_ms: int = settings.batch_wait_ms if wait is None else wait
+        bound = spec.max_in_flight
+        self.max_in_flight: int | None = bound(settings) if callable(bound) else bound
+        self._pause_logged = -30.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -295,6 +303,7 @@ class AgentRunner:
             table.close_all()
         self.assigned_partitions = []
         self._positions, self._committed, self._deferred, self._finished = {}, {}, {}, []
+        self._room_paused = set()
 
     # -- batches -----------------------------------------------------------------------------------
 
@@ -306,7 +315,9 @@ class AgentRunner:
             wait_ms = 1000
             if tick:
                 wait_ms = max(0, min(wait_ms, int((self._next_tick - time.monotonic()) * 1000)))
-            limit = self._narrow_records if self._suspect_ends else self.max_records
+            limit = self._room(consumer) if self.max_in_flight else self.max_records
+            if self._suspect_ends:
+                limit = min(limit, self._narrow_records)
             fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
             if self._stopping:
                 raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
@@ -323,6 +334,31 @@ class AgentRunner:
                 return batch
             self._in_batch = False
             self._lock.release()
+
+    def _room(self, consumer: AIOKafkaConsumer) -> int:
+        """How many records to fetch under ``max_in_flight``; pauses the owned partitions while it is 0.
+
+        Only partitions paused here are resumed here: the recovery pauses partitions whose tables are
+        still being restored, and resuming one of those would skip its records.
+        """
+        assert self.max_in_flight is not None
+        room = self.max_in_flight - self.deferred_count
+        if room <= 0:
+            if not self._room_paused and time.monotonic() >= self._pause_logged + 30:  # once per 30 s
+                self._pause_logged = time.monotonic()
+                logger.info("agent %s: %d records in flight (the bound); fetching paused", self.name,
+                            self.deferred_count)
+            paused = consumer.paused()
+            owned = set(self.assigned_partitions)
+            pause = [tp for tp in consumer.assignment() if tp.partition in owned and tp not in paused]
+            if pause:
+                consumer.pause(*pause)  # a paused partition drops its prefetched records
+                self._room_paused.update(pause)
+        elif self._room_paused:
+            assigned = consumer.assignment()
+            consumer.resume(*(tp for tp in self._room_paused if tp in assigned))
+            self._room_paused.clear()
+        return max(1, min(self.max_records, room))
 
     def _build_batch(self, fetched: dict[TopicPartition, list[Any]]) -> Batch[Any]:
         model = self.spec.topic.model

@@ -34,7 +34,7 @@ async def _dlq_entry(turns: TurnClient, turn: ConversationTurn) -> Any:
     return parse_dlq_headers(entries[0].headers)
 
 
-async def test_a_provider_killed_mid_answer_fails_the_turn_and_dead_letters_it(
+async def test_a_provider_killed_mid_answer_fails_the_turn_and_the_next_is_served_once_it_is_back(
     stack_factory: Callable[[], Stack], model_server_factory: Callable[..., EmbeddedModelServer],
     turn_client_factory: Any, tenant: str,
 ) -> None:
@@ -54,6 +54,10 @@ async def test_a_provider_killed_mid_answer_fails_the_turn_and_dead_letters_it(
     assert "completed" not in types, "a partial answer is never marked completed"
     letter = await _dlq_entry(turns, turn)
     assert letter.error_class == "LLMStreamError" and letter.topic == CONVERSATION_TURNS.name
+
+    model_server_factory(port=server.port)  # the model comes back where it was: the agent serves again
+    _, after = await turns.ask(_turn(tenant, "Hello again?"))
+    assert after.type == "completed", after.error
 
 
 async def test_the_circuit_opens_on_a_dead_provider_and_recovers_when_it_returns(

@@ -4,14 +4,19 @@
 * Dependencies down: the embeddings endpoint and Qdrant are ports nothing listens on; every job is
   retried by the connectors, then answered ``failed`` and dead-lettered — nothing is lost, and once the
   circuit is open jobs fail at once with a clear error.
+* Dependencies answering garbage: a proxy in front of the real embedding server answers 500s, pages
+  that are not JSON, vectors of the wrong size or with NaN; those jobs fail with the reason, the
+  others are served.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from aiohttp import web
 
 from connectors.broker import free_port
 from connectors.embedding_server import EmbeddingModelServer
@@ -20,6 +25,7 @@ from schemas import EmbeddingJob, decode_event
 from streams.dlq import parse_dlq_headers
 from tests.integration.conftest import Stack
 from tests.support.embedding_client import EmbeddingClient
+from tests.support.faulty_http import FaultyServer, Reply, status
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +110,68 @@ async def test_dependencies_down_jobs_are_retried_then_failed_and_dead_lettered(
     log = worker.tail_log(600)
     assert "embeddings request to" in log and "retrying" in log
     assert "Qdrant call to" in log and "retrying" in log
+
+
+def _spoil_vectors(server: FaultyServer, spoil: Callable[[list[float]], list[float]]) -> Reply:
+    """The real server's answer with each vector passed through ``spoil``, sent as JSON (NaN as NaN)."""
+    async def reply(request: web.Request) -> web.StreamResponse:
+        code, _, body = await server.forward(request)
+        payload = json.loads(body)
+        for item in payload.get("data", []):
+            item["embedding"] = spoil(item["embedding"])
+        return web.Response(status=code, text=json.dumps(payload), content_type="application/json")
+    return reply
+
+
+async def test_an_embeddings_endpoint_answering_errors_and_garbage_fails_only_those_jobs(
+    stack_factory: Callable[[], Stack], embedding_server: EmbeddingModelServer,
+) -> None:
+    """llama.cpp's embedding server behind a proxy that spoils some of its replies."""
+    proxy = await FaultyServer(upstream=embedding_server.base_url.removesuffix("/v1")).start()
+    stack = stack_factory()
+    worker = stack.worker(SOMA_EMBEDDINGS_BACKEND="openai", SOMA_EMBEDDINGS_BASE_URL=f"{proxy.url}/v1",
+                          SOMA_EMBEDDINGS_MODEL=SMOLLM2_MODEL_ALIAS)
+    worker.wait_ready("embeddings")
+    client = await EmbeddingClient(stack.bootstrap).start()
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+
+    def upsert(doc: str) -> dict[str, object]:
+        return {"tenant": tenant, "job": "upsert", "collection": "smol",
+                "documents": [{"id": doc, "text": f"The lighthouse keeper {doc} climbs the stairs."}]}
+
+    faults: list[tuple[Reply | None, str | None]] = [
+        (None, None),
+        (status(500, "<html><h1>500 Internal Server Error</h1></html>"), "unavailable after 4 attempts"),
+        (status(200, "<html>maintenance</html>"), "not an embeddings response"),
+        (status(200, '{"data": [{"index": 0, "embedding"', "application/json"), "not an embeddings response"),
+        (None, None),  # a success in between: the breaker counts consecutive failures
+        (_spoil_vectors(proxy, lambda vector: vector[:-1]), "dimensions"),
+        (_spoil_vectors(proxy, lambda vector: [float("nan"), *vector[1:]]), "not finite"),
+        (None, None),
+    ]
+    results, job_ids = [], []
+    try:
+        for index, (reply, _) in enumerate(faults):
+            proxy.reply = reply
+            (job_id,) = await client.send(upsert(f"d{index}"))
+            job_ids.append(job_id)
+            results.append(await client.result(job_id, timeout=120))
+        proxy.reply = None
+        found = await client.ask({"tenant": tenant, "job": "search", "collection": "smol",
+                                  "query": "The lighthouse keeper d7 climbs the stairs.", "top_k": 1})
+        letters = {job_id: await client.dead_letter(job_id) for job_id, (_, reason) in zip(job_ids, faults,
+                                                                                             strict=True) if reason}
+    finally:
+        await client.stop()
+        await proxy.stop()
+
+    for result, (_, reason) in zip(results, faults, strict=True):
+        if reason is None:
+            assert result.status == "ok" and result.upserted == 1, result.error
+        else:
+            assert result.status == "failed" and reason in (result.error or ""), (reason, result.error)
+    for letter in letters.values():
+        headers = parse_dlq_headers(letter.headers)
+        assert headers.error_class == "EmbeddingsUnavailable" and headers.error_message
+    assert found.status == "ok" and found.hits[0].doc_id == "d7", "no spoiled vector was stored"
+    assert "agent embeddings crashed" not in worker.tail_log(2000)

@@ -26,6 +26,7 @@ from connectors.llm import (
     provider_usage,
     render_chatml,
     retry_after_seconds,
+    served_model_name,
     wait_retry_after,
 )
 from connectors.model_server import (
@@ -157,6 +158,7 @@ def test_a_400_about_stream_options_is_recognised() -> None:
         ({"choices": "garbage"}, (None, None)),
         (["not", "an", "object"], (None, None)),
         (None, (None, None)),
+        ({"choices": [{"delta": {"content": "a\ud800b"}, "finish_reason": None}]}, ("a?b", None)),
     ],
 )
 def test_first_choice_of_a_chunk(chunk: object, expected: tuple[str | None, str | None]) -> None:
@@ -175,9 +177,18 @@ def test_provider_usage_is_taken_as_sent() -> None:
 
 
 @pytest.mark.parametrize("reported", [{}, {"prompt_tokens": 3}, {"prompt_tokens": "3", "completion_tokens": 1},
-                                      {"prompt_tokens": -1, "completion_tokens": 1}])
+                                      {"prompt_tokens": -1, "completion_tokens": 1},
+                                      {"prompt_tokens": True, "completion_tokens": 1},
+                                      {"prompt_tokens": 10**30, "completion_tokens": 1},
+                                      {"prompt_tokens": 1.5, "completion_tokens": 1}])
 def test_usage_without_counts_is_not_invented(reported: dict[str, object]) -> None:
     assert provider_usage(reported) is None
+
+
+@pytest.mark.parametrize("name", [None, 7, "", " padded", "x" * 257, "line\nbreak"])
+def test_an_implausible_served_model_name_is_not_taken(name: object) -> None:
+    assert served_model_name(name) is None
+    assert served_model_name("gpt-4o-2024-08-06") == "gpt-4o-2024-08-06"
 
 
 def test_the_packaged_model_is_counted_with_its_own_tokenizer() -> None:
