@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from connectors.broker import free_port
 from streams.engine.outbox import Outbox, Outgoing
+from streams.exceptions import OutputTooLarge
 
 
 @pytest.fixture
@@ -63,3 +64,27 @@ async def test_flush_of_empty_outbox_sends_nothing(outbox_factory: Callable[[], 
 
     assert await outbox.flush() == {}
     assert len(outbox) == 0
+
+
+async def test_rollback_forgets_only_what_came_after_the_mark(outbox_factory: Callable[[], Outbox]) -> None:
+    outbox = outbox_factory()
+    outbox.send("t", b"kept", b"v")
+    mark = outbox.mark()
+    outbox.send("t", b"undone", b"v")
+    outbox.send("u", b"undone", b"v")
+
+    outbox.rollback(mark)
+
+    assert len(outbox) == 1
+
+
+async def test_a_message_over_the_producers_request_limit_is_refused_on_send(
+    outbox_factory: Callable[[], Outbox],
+) -> None:
+    outbox = outbox_factory()
+    limit = 1_048_576  # aiokafka's default max_request_size, which the factory's producer keeps
+
+    outbox.send("t", b"k", b"x" * (limit - 1))
+    with pytest.raises(OutputTooLarge, match="larger than the producer's max_request_size"):
+        outbox.send("t", b"k", b"x" * limit)
+    assert len(outbox) == 1

@@ -338,3 +338,33 @@ def test_a_deleted_key_being_flushed_reads_as_absent(table_factory: Callable[...
     assert dict(table.items(0)) == {}
     table.commit(0, taken[0], 1)
     assert table.get("k", 0) is None
+
+
+def test_rollback_undoes_the_writes_since_begin_and_keeps_earlier_ones(table_factory: Callable[..., Table]) -> None:
+    table = table_factory(0)
+    table.set("kept", 1, 0)
+    table.set("overwritten", "before", 0)
+    table.begin()
+    table.set("overwritten", "after", 0)
+    table.set("new", 2, 0)
+    table.delete("kept", 0)
+    table.set("new", 3, 0)  # the same key twice: the undo goes back to before the first write
+
+    table.rollback()
+
+    assert table.get("kept", 0) == 1
+    assert table.get("overwritten", 0) == "before"
+    assert table.get("new", 0) is None
+    assert dict(table.items(0)) == {"kept": 1, "overwritten": "before"}
+
+
+def test_release_keeps_the_writes_and_stops_journaling(table_factory: Callable[..., Table]) -> None:
+    table = table_factory(0)
+    table.begin()
+    table.set("a", 1, 0)
+    table.release()
+    table.set("b", 2, 0)
+
+    table.rollback()  # nothing journaled any more: a no-op
+
+    assert dict(table.items(0)) == {"a": 1, "b": 2}
