@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -254,3 +255,41 @@ def test_validation_reason_lists_at_most_ten_problems_and_shows_inputs_short() -
     assert "(got 'xxxxxxxx" in reason and "...)" in reason
     assert reason.endswith("and 22 more problems")
     assert len(reason) < 1000
+
+
+def test_the_readme_states_the_bounds_of_the_code() -> None:
+    """README.md's *Bounds* list is the user's contract: each figure must be the code's."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("**Bounds**") : readme.index("### Training locks")]
+    # (the code's bound, the figure README.md gives, how README.md spells it)
+    stated: list[tuple[Any, Any, str]] = [
+        (b.TIMESTAMP_MIN, datetime(1970, 1, 1, tzinfo=UTC), "`1970-01-01T00:00:00Z` ≤ t"),
+        (b.TIMESTAMP_MAX, datetime(2200, 1, 1, tzinfo=UTC), "t < `2200-01-01T00:00:00Z`"),
+        ((b.TIMESTAMP_MAX - b.TIMESTAMP_MIN) // timedelta(milliseconds=1), 7_258_118_400_000, "ms < `7258118400000`"),
+        (b.COUNT_MAX, 10**9, "`history_points` 0…10⁹"),
+        (b.COST_MAX_USD, 1_000_000, "`cost_usd` 0…1,000,000"),
+        (b.DURATION_MAX_MS, 604_800_000, "`ttft_ms` 0…604,800,000 (7 days)"),
+        (b.SUM_MAX, 2**63 - 1, "(tokens, `events`) 0…2⁶³−1"),
+        (b.TTL_MAX_SECONDS, 31_622_400, "`ttl_seconds` 1…31,622,400 (366 days)"),
+        (b.MAX_TOKENS_MAX, 1_000_000, "`max_tokens` 1…1,000,000"),
+        (b.TOP_K_MAX, 1000, "`top_k` 1…1000"),
+        (b.FENCING_TOKEN_MAX, 2**53 - 1, "`fencing_token` 0…2⁵³−1"),
+        (b.SCHEMA_VERSION_MAX, 1000, "`schema_version` 1…1000"),
+        (b.NAME_MAX_CHARS, 256, "`correlation_id`, …) ≤ 256"),
+        (b.DOC_ID_MAX_CHARS, 1024, "document ids ≤ 1024"),
+        (b.TEXT_MAX_CHARS, 1_000_000, "and hit `text` ≤ 1,000,000"),
+        (b.ANSWER_MAX_CHARS, 10_000_000, "`text`/`delta` ≤ 10,000,000"),
+        (b.REASON_MAX_CHARS, 10_000, "lock `reason` ≤ 10,000"),
+        (b.ERROR_MAX_CHARS, 10_000, "is cut to 10,000"),
+        (b.ROLES_MAX, 100, "`roles` ≤ 100"),
+        (b.DOCUMENTS_MAX, 1000, "`documents` ≤ 1000"),
+        (b.DOC_IDS_MAX, 10_000, "`doc_ids` ≤ 10,000"),
+        (b.HITS_MAX, 1000, "`hits`/`sources` ≤ 1000"),
+        (b.SOURCES_MAX, 1000, "`hits`/`sources` ≤ 1000"),
+        (b.JSON_MAX_DEPTH, 32, "nested at most 32 deep"),
+        (b.JSON_MAX_BYTES, 65_536, "at most 65,536 bytes"),
+        (b.JSON_INT_MAX, 2**63 - 1, "integers within ±(2⁶³−1)"),
+    ]
+    for constant, figure, text in stated:
+        assert constant == figure, f"a bound changed to {constant}: update README.md's Bounds and this test"
+        assert text in section, f"README.md Bounds: {text!r} missing"
