@@ -147,27 +147,51 @@ def check_json_object(value: dict[str, Any]) -> dict[str, Any]:
 
     Walks iteratively (a value nested thousands deep must give a reason, not a RecursionError),
     adding up a bound of the value's JSON size on the way; only a value whose bound exceeds
-    ``JSON_MAX_BYTES`` is serialised to measure it exactly.
+    ``JSON_MAX_BYTES`` is serialised to measure it exactly. Runs for every document of every
+    embedding job, hence the inlined loop.
     """
     if not value:
         return value
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     bound = 0
     while stack:
         node, depth = stack.pop()
         if depth > JSON_MAX_DEPTH:
             raise ValueError(f"JSON nested deeper than {JSON_MAX_DEPTH} levels")
         bound += 2
-        if isinstance(node, dict):
-            for key, item in node.items():
+        if type(node) is dict:
+            for key in node:
                 if type(key) is not str:
                     raise ValueError(
                         f"JSON object keys must be strings, not {type(key).__name__}"
                     )
-                bound += _text_bound(key) + 2 + _leaf_bound(item, depth, stack)
+                if not key.isascii():
+                    _check_unicode(key)
+                bound += 6 * len(key) + 4
+            items = node.values()
         else:
-            for item in node:
-                bound += 1 + _leaf_bound(item, depth, stack)
+            items = node
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    _check_unicode(item)
+                bound += 6 * len(item) + 3
+            elif kind is dict or kind is list:
+                stack.append((item, depth + 1))
+                bound += 1
+            elif kind is int:
+                if not -JSON_INT_MAX <= item <= JSON_INT_MAX:
+                    raise ValueError(f"JSON integer outside ±(2**63 - 1): {_short(item)}")
+                bound += _NUMBER_BOUND
+            elif kind is float:
+                if not math.isfinite(item):
+                    raise ValueError(f"JSON numbers must be finite (got {item})")
+                bound += _NUMBER_BOUND
+            elif item is None or kind is bool:
+                bound += 6
+            else:
+                raise ValueError(f"{kind.__name__} is not a JSON value")
     if bound > JSON_MAX_BYTES:
         size = len(to_json(value))
         if size > JSON_MAX_BYTES:
@@ -175,44 +199,19 @@ def check_json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-#: Longest JSON spelling of a float (``-1.2345678901234567e-308``) or an int64.
-_NUMBER_BOUND = 25
+#: Longest JSON spelling of a float (``-1.2345678901234567e-308``) or an int64, plus a separator.
+_NUMBER_BOUND = 26
 
 
-def _leaf_bound(
-    item: Any, depth: int, stack: list[tuple[dict[str, Any] | list[Any], int]]
-) -> int:
-    """Check one value; returns a bound of its JSON size (containers are counted when popped)."""
-    kind = type(item)
-    if kind is str:
-        return _text_bound(item)
-    if item is None or kind is bool:
-        return 5
-    if kind is int:
-        if not -JSON_INT_MAX <= item <= JSON_INT_MAX:
-            raise ValueError(f"JSON integer outside ±(2**63 - 1): {_short(item)}")
-        return _NUMBER_BOUND
-    if kind is float:
-        if not math.isfinite(item):
-            raise ValueError(f"JSON numbers must be finite (got {item})")
-        return _NUMBER_BOUND
-    if kind is dict or kind is list:
-        stack.append((item, depth + 1))
-        return 0
-    raise ValueError(f"{kind.__name__} is not a JSON value")
-
-
-def _text_bound(text: str) -> int:
-    """Check that ``text`` is encodable; a character takes at most 6 bytes in JSON (``\\u001f``)."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"a JSON string holds a lone surrogate (U+{ord(text[exc.start]):04X}), "
-                "which UTF-8 cannot encode"
-            ) from None
-    return 6 * len(text) + 2
+def _check_unicode(text: str) -> None:
+    """Strings must be encodable as UTF-8 (a character then takes at most 6 bytes in JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"a JSON string holds a lone surrogate (U+{ord(text[exc.start]):04X}), "
+            "which UTF-8 cannot encode"
+        ) from None
 
 
 def _short(number: int) -> str:
