@@ -38,7 +38,13 @@ def load_json_value(value: Any) -> Any:
     try:
         return json.loads(value)
     except ValueError as exc:
-        raise DecodeError(f"a json field holds invalid JSON: {exc}") from exc
+        raise DecodeError(f"a json field holds invalid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("a json field holds JSON nested too deep to parse") from None
+    except Exception as exc:  # whatever else a parser may raise on hostile input
+        raise DecodeError(
+            f"a json field holds invalid JSON: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def compile_transform(

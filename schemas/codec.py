@@ -14,9 +14,9 @@ import json
 import logging
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from fastavro import schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
 from schemas._jsonfields import (
@@ -61,6 +61,9 @@ _JSON_START = ord("{")
 _WHITESPACE = b" \t\r\n"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _SHOWN_INPUT_CHARS = 60
+_LISTED_ERRORS = 10
+_TIMESTAMP_MILLIS = "timestamp-millis"
+_KEPT_ERRORS = 100
 
 T = TypeVar("T", bound=Envelope)
 Payload = bytes | bytearray | memoryview
@@ -78,6 +81,7 @@ class _WritePlan:
 class _ReadPlan:
     entry: SchemaEntry
     model: type[Envelope]
+    writer_schema: dict[str, Any]
     reader_schema: dict[str, Any] | None
     from_wire: Transform | None
 
@@ -131,7 +135,7 @@ def _read_plan(schema_id: int) -> _ReadPlan:
             f"schema id {schema_id} ({entry.subject} v{entry.version}) has no event model"
         ) from None
     latest = table.latest(entry.subject)
-    reader = None if latest.schema_id == schema_id else latest.parsed
+    reader = None if latest.schema_id == schema_id else _read_as_longs(latest.raw)
     if reader is not None:
         logger.info(
             "reading %s v%d data (schema id %d) with the v%d schema",
@@ -140,14 +144,36 @@ def _read_plan(schema_id: int) -> _ReadPlan:
             schema_id,
             latest.version,
         )
+    writer = _read_as_longs(entry.raw)
     plan = _ReadPlan(
         entry=entry,
         model=model,
+        writer_schema=writer,
         reader_schema=reader,
-        from_wire=compile_transform(reader or entry.parsed, load_json_value),
+        from_wire=compile_transform(reader or writer, load_json_value),
     )
     _read_plans[schema_id] = plan
     return plan
+
+
+def _read_as_longs(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` parsed for reading, with ``timestamp-millis`` read as plain epoch milliseconds.
+
+    The model turns the number into a datetime and checks its range, so a timestamp outside it is
+    reported with its field name (fastavro's own conversion fails with a bare ``OverflowError``
+    beyond year 9999).
+    """
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, list):
+            return [strip(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if node.get("logicalType") == _TIMESTAMP_MILLIS and node.get("type") == "long":
+            return "long"
+        return {k: strip(v) for k, v in node.items()}
+
+    return cast(dict[str, Any], parse_schema(strip(raw)))
 
 
 def encode_event(event: Envelope) -> bytes:
@@ -175,8 +201,18 @@ def decode_event(data: Payload, model: type[T]) -> T:
     """Decode and validate one event of type ``model`` (or a subclass) from Avro or JSON bytes.
 
     Raises :class:`DecodeError` when the bytes are not a readable event at all, and
-    :class:`EventValidationError` when they are, but not a valid ``model``.
+    :class:`EventValidationError` when they are, but not a valid ``model``. Nothing else escapes,
+    whatever the bytes: a consumer can dead-letter on :class:`SchemaError` and go on.
     """
+    try:
+        return _decode_event(data, model)
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise _unexpected("decoding", exc) from exc
+
+
+def _decode_event(data: Payload, model: type[T]) -> T:
     if not data:
         raise DecodeError(
             "empty payload: neither Confluent-framed Avro nor a JSON object"
@@ -194,14 +230,36 @@ def decode_event(data: Payload, model: type[T]) -> T:
 
 
 def decode_any(data: Payload) -> Envelope:
-    """Decode Avro-framed bytes into whatever event type their schema id names (for tooling)."""
+    """Decode Avro-framed bytes into whatever event type their schema id names (for tooling).
+
+    Like :func:`decode_event`, raises only :class:`SchemaError` subclasses.
+    """
     if not data or data[0] != MAGIC_BYTE:
         raise DecodeError(
             "decode_any needs Confluent-framed Avro (magic byte 0); "
             "a JSON object does not say which event type it is"
         )
-    plan, record = _read_avro(data)
-    return _validate(plan.model, record)
+    try:
+        plan, record = _read_avro(data)
+        return _validate(plan.model, record)
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise _unexpected("decoding", exc) from exc
+
+
+def _unexpected(step: str, exc: Exception) -> DecodeError:
+    """Last resort: an exception no decoder or validator should raise still becomes a bad record.
+
+    Logged with its traceback, since reaching this means a check is missing somewhere.
+    """
+    logger.warning(
+        "unexpected %s while %s an event; treated as undecodable",
+        type(exc).__name__,
+        step,
+        exc_info=exc,
+    )
+    return DecodeError(f"undecodable event: {type(exc).__name__} while {step}: {exc}")
 
 
 def is_avro_framed(data: Payload | None) -> bool:
@@ -224,7 +282,7 @@ def _read_avro(data: Payload) -> tuple[_ReadPlan, dict[str, Any]]:
     body = BytesIO(data)
     body.seek(_HEADER_SIZE)
     try:
-        record = schemaless_reader(body, plan.entry.parsed, plan.reader_schema)
+        record = schemaless_reader(body, plan.writer_schema, plan.reader_schema)
     except Exception as exc:
         raise DecodeError(
             f"corrupt Avro body for schema id {schema_id} ({plan.entry.subject} v{plan.entry.version}): "
@@ -244,6 +302,15 @@ def _read_avro(data: Payload) -> tuple[_ReadPlan, dict[str, Any]]:
 
 def read_json_object(data: Payload) -> dict[str, Any]:
     """Parse bytes holding one UTF-8 JSON object; anything else raises :class:`DecodeError`."""
+    try:
+        return _read_json_object(data)
+    except SchemaError:
+        raise
+    except Exception as exc:
+        raise _unexpected("parsing JSON of", exc) from exc
+
+
+def _read_json_object(data: Payload) -> dict[str, Any]:
     raw = bytes(data).removeprefix(_UTF8_BOM)
     stripped = raw.lstrip(_WHITESPACE)
     if not stripped or stripped[0] != _JSON_START:
@@ -263,7 +330,9 @@ def read_json_object(data: Payload) -> dict[str, Any]:
         raise DecodeError(
             f"invalid JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}"
         ) from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise DecodeError("invalid JSON: nested too deep to parse") from None
+    except ValueError as exc:  # NaN/Infinity literals, integers of more than 4300 digits
         raise DecodeError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError("JSON payload is not an object")
@@ -282,20 +351,46 @@ def _validate(model: type[T], obj: dict[str, Any]) -> T:
             validation_reason(model.__name__, exc),
             model=model.__name__,
             errors=[
-                dict(e) for e in exc.errors(include_url=False, include_context=False)
+                dict(e)
+                for e in exc.errors(include_url=False, include_context=False)[
+                    :_KEPT_ERRORS
+                ]
             ],
         ) from None
+    except RecursionError:
+        raise EventValidationError(
+            f"{model.__name__}: nested too deep to validate", model=model.__name__
+        ) from None
+    except Exception as exc:
+        # Validators raise ValueError (a field error above); anything else is a missing check.
+        logger.warning(
+            "unexpected %s while validating a %s; treated as invalid",
+            type(exc).__name__,
+            model.__name__,
+            exc_info=exc,
+        )
+        raise EventValidationError(
+            f"{model.__name__}: {type(exc).__name__} while validating: {exc}",
+            model=model.__name__,
+        ) from exc
 
 
 def validation_reason(model_name: str, exc: ValidationError) -> str:
     """One line naming every failing field and why, e.g.
-    ``LockCommand: action: Input should be 'enable', 'disable', 'extend' or 'status' (got 'on')``."""
+    ``LockCommand: action: Input should be 'enable', 'disable', 'extend' or 'status' (got 'on')``.
+
+    At most ``_LISTED_ERRORS`` problems are listed (then how many more), so a payload with a
+    million unknown fields still gives a reason that fits a DLQ header.
+    """
+    errors = exc.errors(include_url=False)
     parts = []
-    for error in exc.errors(include_url=False):
+    for error in errors[:_LISTED_ERRORS]:
         path = ".".join(str(p) for p in error["loc"])
         kind = error["type"]
         if kind == "extra_forbidden":
             message = "unknown field (not part of the event contract)"
+        elif kind == "string_unicode" and not path:
+            path, message = "a field name", "not valid Unicode (a lone surrogate)"
         elif kind == "value_error" and "error" in error.get("ctx", {}):
             message = str(error["ctx"]["error"])
         else:
@@ -303,12 +398,27 @@ def validation_reason(model_name: str, exc: ValidationError) -> str:
         if kind not in ("missing", "extra_forbidden") and not isinstance(
             error["input"], dict | list
         ):
-            shown = repr(error["input"])
-            if len(shown) > _SHOWN_INPUT_CHARS:
-                shown = shown[: _SHOWN_INPUT_CHARS - 3] + "..."
-            message = f"{message} (got {shown})"
+            message = f"{message} (got {_shown(error['input'])})"
         parts.append(f"{path}: {message}" if path else message)
+    if len(errors) > _LISTED_ERRORS:
+        parts.append(f"and {len(errors) - _LISTED_ERRORS} more problems")
     return f"{model_name}: " + "; ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    """A short repr of an offending input (cut before ``repr``: the input may be megabytes)."""
+    if isinstance(value, str | bytes) and len(value) > _SHOWN_INPUT_CHARS:
+        value = value[:_SHOWN_INPUT_CHARS]
+        cut = True
+    else:
+        cut = False
+    try:
+        shown = repr(value)
+    except Exception:  # e.g. an int of more than 4300 digits
+        shown = f"a {type(value).__name__} that cannot be shown"
+    if cut or len(shown) > _SHOWN_INPUT_CHARS:
+        shown = shown[: _SHOWN_INPUT_CHARS - 3] + "..."
+    return shown
 
 
 def to_json_dict(event: Envelope) -> dict[str, Any]:

@@ -6,6 +6,19 @@ from typing import Literal
 
 from pydantic import Field
 
+from schemas.bounds import (
+    ANSWER_MAX_CHARS,
+    DOC_ID_MAX_CHARS,
+    MAX_TOKENS_MAX,
+    NAME_MAX_CHARS,
+    SOURCES_MAX,
+    TEXT_MAX_CHARS,
+    Count,
+    DiagnosticText,
+    DurationMs,
+    Name,
+    UsdPerCall,
+)
 from schemas.envelope import Envelope, NestedModel
 
 __all__ = [
@@ -25,18 +38,18 @@ TokenCounter = Literal["provider", "tokenizer"]
 class MemorySpec(NestedModel):
     """Which embedding collection to retrieve memories from for this turn, and how many."""
 
-    collection: str = Field(min_length=1)
+    collection: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     top_k: int = Field(default=5, ge=1, le=50)
 
 
 class ConversationTurn(Envelope):
     """One user prompt in a session; its ``event_id`` becomes the ``turn_id`` of the answer events."""
 
-    session_id: str = Field(min_length=1)
-    user: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
+    session_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    user: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    prompt: str = Field(min_length=1, max_length=TEXT_MAX_CHARS)
+    model: Name | None = None
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_MAX)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     memory: MemorySpec | None = None
 
@@ -44,18 +57,18 @@ class ConversationTurn(Envelope):
 class TokenUsage(NestedModel):
     """Token counts of one completion; ``counted_by`` says whether the provider reported them."""
 
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cached_tokens: int = Field(default=0, ge=0)
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cached_tokens: Count = 0
     counted_by: TokenCounter = "provider"
 
 
 class Source(NestedModel):
     """A retrieved memory chunk that was put into the prompt."""
 
-    collection: str
-    doc_id: str
-    chunk: int = Field(ge=0)
+    collection: Name
+    doc_id: str = Field(max_length=DOC_ID_MAX_CHARS)
+    chunk: Count
     score: float
 
 
@@ -64,18 +77,18 @@ class TurnEvent(Envelope):
     ``failed``."""
 
     schema_version: int = Field(default=2, ge=1)
-    session_id: str = Field(min_length=1)
-    turn_id: str = Field(min_length=1)
+    session_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    turn_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     type: TurnEventType
-    seq: int = Field(default=0, ge=0)
-    delta: str = ""
-    text: str = ""
-    finish_reason: str | None = None
+    seq: Count = 0
+    delta: str = Field(default="", max_length=ANSWER_MAX_CHARS)
+    text: str = Field(default="", max_length=ANSWER_MAX_CHARS)
+    finish_reason: Name | None = None
     usage: TokenUsage | None = None
-    cost_usd: float | None = Field(default=None, ge=0.0)
-    ttft_ms: float | None = Field(default=None, ge=0.0)
-    latency_ms: float | None = Field(default=None, ge=0.0)
-    sources: list[Source] = Field(default_factory=list)
-    error: str | None = None
+    cost_usd: UsdPerCall | None = None
+    ttft_ms: DurationMs | None = None
+    latency_ms: DurationMs | None = None
+    sources: list[Source] = Field(default_factory=list, max_length=SOURCES_MAX)
+    error: DiagnosticText | None = None
     #: Since schema v2: answered while the tenant's training lock was active (policy ``allow``).
     training_mode: bool = False

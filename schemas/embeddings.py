@@ -6,10 +6,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
+from schemas.bounds import (
+    DOC_ID_MAX_CHARS,
+    DOC_IDS_MAX,
+    DOCUMENTS_MAX,
+    HITS_MAX,
+    NAME_MAX_CHARS,
+    TEXT_MAX_CHARS,
+    TOP_K_MAX,
+    Count,
+    DiagnosticText,
+    DocId,
+    DurationMs,
+    JsonObject,
+)
 from schemas.envelope import Envelope, NestedModel
 
 __all__ = [
@@ -28,9 +42,9 @@ EmbeddingStatus = Literal["ok", "failed"]
 class Document(NestedModel):
     """A document to embed; long texts are chunked by the embedding agent."""
 
-    id: str = Field(min_length=1)
-    text: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    id: str = Field(min_length=1, max_length=DOC_ID_MAX_CHARS)
+    text: str = Field(max_length=TEXT_MAX_CHARS)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class EmbeddingJob(Envelope):
@@ -41,12 +55,12 @@ class EmbeddingJob(Envelope):
     """
 
     job: EmbeddingJobKind
-    collection: str = Field(min_length=1)
-    documents: list[Document] = Field(default_factory=list)
-    doc_ids: list[str] = Field(default_factory=list)
-    query: str | None = None
-    top_k: int = Field(default=5, ge=1)
-    filter: dict[str, Any] | None = None
+    collection: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    documents: list[Document] = Field(default_factory=list, max_length=DOCUMENTS_MAX)
+    doc_ids: list[DocId] = Field(default_factory=list, max_length=DOC_IDS_MAX)
+    query: str | None = Field(default=None, max_length=TEXT_MAX_CHARS)
+    top_k: int = Field(default=5, ge=1, le=TOP_K_MAX)
+    filter: JsonObject | None = None
     score_threshold: float | None = None
 
     @model_validator(mode="after")
@@ -63,20 +77,20 @@ class EmbeddingJob(Envelope):
 class Hit(NestedModel):
     """One search match: a chunk of a stored document."""
 
-    doc_id: str
-    chunk: int = Field(ge=0)
+    doc_id: DocId
+    chunk: Count
     score: float
-    text: str = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    text: str = Field(default="", max_length=TEXT_MAX_CHARS)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class EmbeddingResult(Envelope):
     """The outcome of an :class:`EmbeddingJob`; ``job_id`` is the job's ``event_id``."""
 
-    job_id: str = Field(min_length=1)
+    job_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     status: EmbeddingStatus
-    upserted: int = Field(default=0, ge=0)
-    deleted: int = Field(default=0, ge=0)
-    hits: list[Hit] = Field(default_factory=list)
-    error: str | None = None
-    latency_ms: float | None = Field(default=None, ge=0.0)
+    upserted: Count = 0
+    deleted: Count = 0
+    hits: list[Hit] = Field(default_factory=list, max_length=HITS_MAX)
+    error: DiagnosticText | None = None
+    latency_ms: DurationMs | None = None

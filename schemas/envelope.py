@@ -5,7 +5,11 @@ just one object, and so that the Avro record of every event is a single flat rec
 
 Timestamps are normalised on the way in: they are always UTC-aware and truncated to whole
 milliseconds, because the wire format (Avro ``timestamp-millis``) keeps milliseconds; truncating at the
-model boundary makes an event equal to itself after a trip through either wire format.
+model boundary makes an event equal to itself after a trip through either wire format. They must lie
+in ``[TIMESTAMP_MIN, TIMESTAMP_MAX)`` (see :mod:`schemas.bounds`).
+
+Every validator here raises ``ValueError`` only (pydantic turns that into a field error); any other
+exception would escape validation as a crash.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from pydantic import (
     StringConstraints,
 )
 
+from schemas.bounds import (
+    SCHEMA_VERSION_MAX,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+    Name,
+)
+
 __all__ = [
     "Envelope",
     "EventId",
@@ -38,6 +49,11 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_MS = (TIMESTAMP_MIN - _EPOCH) // timedelta(milliseconds=1)
+_MAX_MS = (TIMESTAMP_MAX - _EPOCH) // timedelta(milliseconds=1)
+_RANGE = f"{TIMESTAMP_MIN:%Y-%m-%d}T00:00:00Z <= t < {TIMESTAMP_MAX:%Y-%m-%d}T00:00:00Z"
+#: Longer than any ISO-8601 timestamp (``fromisoformat`` is not handed megabytes).
+_MAX_ISO_CHARS = 64
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _CANONICAL_UUID = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -79,11 +95,14 @@ def _coerce_timestamp(value: Any) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("epoch milliseconds must be a finite number")
-        try:
-            return _EPOCH + timedelta(milliseconds=value)
-        except OverflowError:
-            raise ValueError("epoch milliseconds out of range") from None
+        if not _MIN_MS <= value < _MAX_MS:
+            raise ValueError(
+                f"epoch milliseconds out of range: must be {_MIN_MS} <= ms < {_MAX_MS} ({_RANGE})"
+            )
+        return _EPOCH + timedelta(milliseconds=value)
     if isinstance(value, str):
+        if len(value) > _MAX_ISO_CHARS:
+            raise ValueError(f"not a timestamp: {len(value)} characters")
         try:
             return datetime.fromisoformat(value.strip())
         except ValueError:
@@ -98,7 +117,13 @@ def _normalize_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     elif value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
+        try:
+            value = value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            # e.g. 0001-01-01T00:00:00+01:00: its UTC instant is before year 1.
+            raise ValueError(f"timestamp out of range: must be {_RANGE}") from None
+    if not TIMESTAMP_MIN <= value < TIMESTAMP_MAX:
+        raise ValueError(f"timestamp out of range: must be {_RANGE}")
     extra_us = value.microsecond % 1000
     if extra_us:
         value = value.replace(microsecond=value.microsecond - extra_us)
@@ -141,20 +166,20 @@ Tenant = Annotated[
 class NestedModel(BaseModel):
     """Base of the records nested inside events; unknown keys are rejected like at the top level."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class Envelope(BaseModel):
     """Fields every event has. ``event_id`` is the idempotency key consumers deduplicate on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
     event_id: EventId = Field(default_factory=new_event_id)
     tenant: Tenant
-    schema_version: int = Field(default=1, ge=1)
+    schema_version: int = Field(default=1, ge=1, le=SCHEMA_VERSION_MAX)
     occurred_at: UtcDatetime = Field(default_factory=utc_now)
-    correlation_id: str | None = None
-    causation_id: str | None = None
+    correlation_id: Name | None = None
+    causation_id: Name | None = None
 
     @classmethod
     def caused_by(cls, source: Envelope) -> dict[str, Any]:

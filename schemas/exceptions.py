@@ -3,20 +3,31 @@
 Callers (agents, the DLQ plumbing, operator tools) need to tell "these bytes are not an event at all"
 apart from "this is an event, but its content breaks the contract", because the first usually means a
 misconfigured producer and the second a bad request that deserves a ``failed`` reply. Every error
-carries ``reason``: a single human-readable line suitable for a DLQ header or a log message.
+carries ``reason``: a single human-readable line suitable for a DLQ header or a log message (cut to
+``MAX_REASON_CHARS``: a reason may quote hostile input).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DecodeError", "EncodeError", "EventValidationError", "SchemaError"]
+__all__ = [
+    "MAX_REASON_CHARS",
+    "DecodeError",
+    "EncodeError",
+    "EventValidationError",
+    "SchemaError",
+]
+
+MAX_REASON_CHARS = 2000
 
 
 class SchemaError(Exception):
     """Base class of every error raised by :mod:`schemas`."""
 
     def __init__(self, reason: str) -> None:
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
         super().__init__(reason)
         self.reason = reason
 

@@ -10,6 +10,15 @@ from typing import Literal
 
 from pydantic import Field
 
+from schemas.bounds import (
+    FENCING_TOKEN_MAX,
+    NAME_MAX_CHARS,
+    REASON_MAX_CHARS,
+    ROLES_MAX,
+    TTL_MAX_SECONDS,
+    DiagnosticText,
+    Name,
+)
 from schemas.envelope import Envelope, UtcDatetime
 
 __all__ = ["LockAction", "LockCommand", "LockState", "LockStatus"]
@@ -22,10 +31,10 @@ class LockCommand(Envelope):
     """A request to take, release, extend or query a tenant's training lock."""
 
     action: LockAction
-    user: str = Field(min_length=1)
-    roles: list[str] = Field(default_factory=list)
-    reason: str = ""
-    ttl_seconds: int | None = Field(default=None, gt=0)
+    user: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    roles: list[Name] = Field(default_factory=list, max_length=ROLES_MAX)
+    reason: str = Field(default="", max_length=REASON_MAX_CHARS)
+    ttl_seconds: int | None = Field(default=None, gt=0, le=TTL_MAX_SECONDS)
 
 
 class LockState(Envelope):
@@ -36,11 +45,11 @@ class LockState(Envelope):
     """
 
     status: LockStatus
-    holder: str | None = None
-    reason: str | None = None
-    fencing_token: int = Field(default=0, ge=0)
+    holder: Name | None = None
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+    fencing_token: int = Field(default=0, ge=0, le=FENCING_TOKEN_MAX)
     acquired_at: UtcDatetime | None = None
     expires_at: UtcDatetime | None = None
-    command_event_id: str | None = None
-    detail: str = ""
-    action: str | None = None
+    command_event_id: Name | None = None
+    detail: DiagnosticText = ""
+    action: Name | None = None

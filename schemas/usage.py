@@ -10,6 +10,15 @@ from typing import Literal
 
 from pydantic import Field
 
+from schemas.bounds import (
+    NAME_MAX_CHARS,
+    Amount,
+    Count,
+    DurationMs,
+    Name,
+    Sum,
+    UsdPerCall,
+)
 from schemas.envelope import Envelope, UtcDatetime
 
 __all__ = ["UsageEvent", "UsageKind", "UsageReport", "UsageReportKind"]
@@ -21,15 +30,15 @@ UsageReportKind = Literal["rollup", "forecast", "budget_alert"]
 class UsageEvent(Envelope):
     """Tokens and cost of one provider call; ``source_event_id`` names the event that caused it."""
 
-    provider: str = Field(min_length=1)
-    model: str = Field(min_length=1)
+    provider: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
+    model: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     kind: UsageKind
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cached_tokens: int = Field(default=0, ge=0)
-    cost_usd: float | None = Field(default=None, ge=0.0)
-    latency_ms: float | None = Field(default=None, ge=0.0)
-    source_event_id: str | None = None
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cached_tokens: Count = 0
+    cost_usd: UsdPerCall | None = None
+    latency_ms: DurationMs | None = None
+    source_event_id: Name | None = None
 
 
 class UsageReport(Envelope):
@@ -40,25 +49,25 @@ class UsageReport(Envelope):
     """
 
     report: UsageReportKind
-    window: str | None = None
+    window: Name | None = None
     window_start: UtcDatetime | None = None
     window_end: UtcDatetime | None = None
-    provider: str | None = None
-    model: str | None = None
-    kind: str | None = None
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cached_tokens: int = Field(default=0, ge=0)
-    events: int = Field(default=0, ge=0)
-    cost_usd: float = 0.0
-    forecast_tokens: float | None = None
-    forecast_cost_usd: float | None = None
-    lower_cost_usd: float | None = None
-    upper_cost_usd: float | None = None
+    provider: Name | None = None
+    model: Name | None = None
+    kind: Name | None = None
+    input_tokens: Sum = 0
+    output_tokens: Sum = 0
+    cached_tokens: Sum = 0
+    events: Sum = 0
+    cost_usd: Amount = 0.0
+    forecast_tokens: Amount | None = None
+    forecast_cost_usd: Amount | None = None
+    lower_cost_usd: Amount | None = None
+    upper_cost_usd: Amount | None = None
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
-    history_points: int | None = Field(default=None, ge=0)
-    method: str | None = None
-    budget_usd: float | None = None
-    spent_usd: float | None = None
-    threshold: float | None = None
-    period: str | None = None
+    history_points: Count | None = None
+    method: Name | None = None
+    budget_usd: Amount | None = None
+    spent_usd: Amount | None = None
+    threshold: Amount | None = None
+    period: Name | None = None
