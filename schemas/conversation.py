@@ -11,6 +11,7 @@ from schemas.bounds import (
     DOC_ID_MAX_CHARS,
     MAX_TOKENS_MAX,
     NAME_MAX_CHARS,
+    SCHEMA_VERSION_MAX,
     SOURCES_MAX,
     TEXT_MAX_CHARS,
     Count,
@@ -76,7 +77,7 @@ class TurnEvent(Envelope):
     """One step of an answer: ``started``, ordered ``chunk`` deltas (by ``seq``), then ``completed`` or
     ``failed``."""
 
-    schema_version: int = Field(default=2, ge=1)
+    schema_version: int = Field(default=2, ge=1, le=SCHEMA_VERSION_MAX)
     session_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     turn_id: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     type: TurnEventType

@@ -17,7 +17,6 @@ agent: they go to the dead-letter topic with their reason.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import traceback
@@ -26,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from schemas import Envelope, encode_event
+from schemas import Envelope, SchemaError, encode_event
+from schemas.codec import read_json_object
 from streams.dlq import DeadLetter, dlq_headers
 from streams.engine.outbox import Outbox
 from streams.engine.state import Table
@@ -61,10 +61,8 @@ class Record(Generic[E]):
         bytes still say who it is (the tenant, the session, the job).
         """
         try:
-            payload = json.loads(self.value)
-        except Exception:  # any bytes at all: invalid UTF-8, nesting deeper than the recursion limit...
-            return None
-        if not isinstance(payload, dict):
+            payload = read_json_object(self.value)
+        except SchemaError:
             return None
         if not all(isinstance(payload.get(name), str) and payload[name] for name in required):
             return None

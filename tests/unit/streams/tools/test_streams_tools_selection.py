@@ -139,7 +139,7 @@ def test_decode_value_never_raises(topic: str, kind: str, value: bytes) -> None:
     decoded = decode_value(topic, value)  # whatever the decoder raised, the record is shown, not fatal
     assert decoded.error is None or decoded.fields is None
     if topic == "soma.training.lock.commands" and kind.startswith("date"):
-        assert decoded.error == "OverflowError: date value out of range"
+        assert decoded.error is not None and "occurred_at: timestamp out of range" in decoded.error
         assert isinstance(decoded.data, str) and ("0001-01-01" in decoded.data or "9999-12-31" in decoded.data)
 
 
