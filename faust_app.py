@@ -566,7 +566,7 @@ app = faust.App(
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     broker_rebalance_timeout=3,
-    # Faust's own group (the leader assignor) is on the start-up path: the agents start after it joined.
+    # Faust's own consumer group (its leader assignor) joins like the agents' groups do.
     broker_session_timeout=settings.session_timeout_ms / 1000,
     broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
     consumer_group_instance_id=settings.group_instance_id("faust"),
