@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 endif
 
-.PHONY: dev test bench bench-locks bench-conversation bench-usage bench-bridge bench-embeddings bench-replay bench-restore browser-deps lint unit integration install clean
+.PHONY: dev test bench bench-locks bench-conversation bench-usage bench-bridge bench-embeddings bench-replay bench-restore bench-failover browser-deps lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ integration: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
 
 ## Benchmarks (not part of `make test`), each comparing side by side in one run.
-bench: bench-locks bench-conversation bench-usage bench-bridge bench-embeddings bench-replay bench-restore
+bench: bench-locks bench-conversation bench-usage bench-bridge bench-embeddings bench-replay bench-restore bench-failover
 
 bench-locks: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_locks
@@ -86,6 +86,10 @@ bench-replay: $(BENCH_STAMP)
 ## Restore of a 1,000,000-key table from its changelog (time, keys/s, event-loop stall) and the seen-id sweep.
 bench-restore: $(STAMP)
 	$(BIN)/python -m tests.perf.bench_restore
+
+## Crash to processing: a worker SIGKILLed and restarted at once, the former 10 s session vs soma dev's 2 s.
+bench-failover: $(STAMP)
+	$(BIN)/python -m tests.perf.bench_failover
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) data .pytest_cache .ruff_cache .mypy_cache

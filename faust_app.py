@@ -9,8 +9,11 @@ never imports them by name.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import re
+import socket
 import sys
 from collections.abc import Mapping
 from functools import cached_property
@@ -138,6 +141,29 @@ class Settings(BaseModel):
         3, alias="SOMA_QUARANTINE_AFTER_CRASHES", ge=1, le=100,
         description="Crashes of an agent at one record (alone in its batch) after which that record is "
         "quarantined to the DLQ and the agent moves past it.",
+    )
+    # -- failover (issue 12) -----------------------------------------------------------------------
+    session_timeout_ms: int = Field(
+        10_000, alias="SOMA_SESSION_TIMEOUT_MS", ge=1000, le=300_000,
+        description="Consumer group session of every agent's consumer (and Faust's own): how long the "
+        "broker keeps a silent member (a crashed worker) before its partitions go to the others; heartbeats "
+        "go every third of it (at most 1 s). A Kafka cluster refuses less than its "
+        "group.min.session.timeout.ms (6000 by default). `soma dev` runs its worker on the embedded broker "
+        "with 2000, where a join takes half the session.",
+    )
+    static_membership: bool = Field(
+        False, alias="SOMA_STATIC_MEMBERSHIP",
+        description="Join the agents' consumer groups as static members (Kafka group.instance.id, one per "
+        "agent, from SOMA_WORKER_ID): a worker restarted within SOMA_SESSION_TIMEOUT_MS takes its partitions "
+        "back without a rebalance. A static member does not leave its groups when it stops, so its "
+        "partitions wait for the session to end unless it comes back. For Kafka clusters; the embedded "
+        "broker holds every static join about 6 s.",
+    )
+    worker_id: str | None = Field(
+        None, alias="SOMA_WORKER_ID", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200,
+        description="Identity of this worker that survives its restarts, for SOMA_STATIC_MEMBERSHIP; unique "
+        "per worker (two workers with one id fence each other off). Unset: the host name and a digest of "
+        "SOMA_DATA_DIR.",
     )
 
     # -- usage metrics (agents/usage.py, agents/pricing.py) ---------------------------------------
@@ -507,6 +533,24 @@ class Settings(BaseModel):
     def state_dir(self) -> Path:
         return self.data_dir / self.app_id
 
+    @cached_property
+    def stable_worker_id(self) -> str:
+        """``SOMA_WORKER_ID``, else the host name and a digest of the data dir: the same after a restart."""
+        if self.worker_id:
+            return self.worker_id
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "host"
+        return f"{host}-{digest}"
+
+    def group_instance_id(self, member: str) -> str | None:
+        """The static group member id of one consumer of this worker (one per agent), or None (dynamic)."""
+        return f"{self.stable_worker_id}.{member}" if self.static_membership else None
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """A third of the session (at most 1 s): two heartbeats may be lost before the member is."""
+        return max(100, min(1000, self.session_timeout_ms // 3))
+
 
 def _describe(cls: type[Settings], exc: ValidationError) -> str:
     by_name = dict(cls.model_fields) | {field.alias: field for field in cls.model_fields.values() if field.alias}
@@ -545,10 +589,11 @@ app = faust.App(
     origin="faust_app",
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
-    # Measured on the embedded broker: a group joins in ~5 s with these instead of ~30 s.
     broker_rebalance_timeout=3,
-    broker_session_timeout=10,
-    broker_heartbeat_interval=1,
+    # Faust's own consumer group (its leader assignor) joins like the agents' groups do.
+    broker_session_timeout=settings.session_timeout_ms / 1000,
+    broker_heartbeat_interval=settings.heartbeat_interval_ms / 1000,
+    consumer_group_instance_id=settings.group_instance_id("faust"),
     web_enabled=settings.web_enabled,
     web_port=settings.web_port,
     web_bind=settings.web_bind,

@@ -19,9 +19,14 @@ from pathlib import Path
 from connectors.broker import EmbeddedBroker, port_answers
 from connectors.model_server import EmbeddedModelServer
 
-__all__ = ["run_local_stack"]
+__all__ = ["EMBEDDED_SESSION_TIMEOUT_MS", "run_local_stack"]
 
 logger = logging.getLogger(__name__)
+
+#: ``SOMA_SESSION_TIMEOUT_MS`` of a worker on the broker started here. Tansu holds a join for half the
+#: session and drops a silent member after the session, so after a crash the restarted worker's groups
+#: are back in about this time; a Kafka cluster refuses sessions under its minimum (6 s by default).
+EMBEDDED_SESSION_TIMEOUT_MS = 2000
 
 _HOWTO = """
 SomaAgent Streams is running (broker {bootstrap}, worker log below). In another terminal:
@@ -67,6 +72,8 @@ def run_local_stack(
             broker = EmbeddedBroker(port=embedded_port, log_path=data_dir / "broker.log").start()
         bootstrap = f"127.0.0.1:{embedded_port}"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    if broker is not None:
+        env.setdefault("SOMA_SESSION_TIMEOUT_MS", str(EMBEDDED_SESSION_TIMEOUT_MS))
     try:
         if llm_base_url is None:
             llm_base_url = f"http://127.0.0.1:{embedded_model_port}/v1"

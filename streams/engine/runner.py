@@ -279,7 +279,8 @@ class AgentRunner:
 
     async def _start_consumer(self) -> None:
         self.consumer = consumer_factory(self.settings, group_id=self.group_id,
-                                         fetch_max_wait_ms=max(1, self.fetch_wait_ms))
+                                         fetch_max_wait_ms=max(1, self.fetch_wait_ms),
+                                         group_instance_id=self.settings.group_instance_id(self.name))
         await self.consumer.start()
         self.consumer.subscribe([self.spec.topic.name], listener=_Listener(self))
         self._next_tick = time.monotonic() + (self.tick_seconds or 0)

@@ -52,7 +52,6 @@ async def prepare_topics(config: Settings) -> list[str]:
         await admin.close()
 
 
-@app.service
 class StreamEngine(Service):
     """Starts one :class:`AgentRunner` per registered agent, sharing two producers.
 
@@ -102,6 +101,12 @@ class StreamEngine(Service):
             if producer is not None:
                 await producer.stop()
         self.producer = self.live_producer = None
+
+
+# Started with the app's own services, not after Faust's table recovery as ``@app.service`` would be:
+# that waits for Faust's own consumer group to form and for a fixed 1 s pause of its table conductor,
+# neither of which the engine needs, and after a crash they came before every agent's group join.
+app.add_dependency(StreamEngine(beacon=app.beacon))
 
 
 #: The engine of this worker process, once started (what ``/readyz`` reports on).
