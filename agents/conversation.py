@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 from agents.exceptions import TurnRefused
 from agents.memory import retrieve
 from agents.pricing import PriceTable
+from agents.usage import usage_event_id
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
 from connectors.model_server import local_tokenizer_for_model, prompt_renderer_for_model
@@ -377,7 +378,8 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
 def _usage_event(turn: ConversationTurn, state: _ConversationState, result: ChatResult, usage: TokenUsage,
                  cost: float | None) -> UsageEvent:
     return UsageEvent(
-        **caused_by(turn), provider=state.provider, model=result.model, kind="chat",
+        **caused_by(turn), event_id=usage_event_id(turn.event_id, "chat"),
+        provider=state.provider, model=result.model, kind="chat",
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens,
         cost_usd=cost, latency_ms=result.latency_ms, source_event_id=turn.event_id,
     )

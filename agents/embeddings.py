@@ -42,6 +42,7 @@ from typing import Any
 
 from agents.exceptions import JobRejected
 from agents.memory import JobPlan, Memory, shared_memory
+from agents.usage import usage_event_id
 from connectors.exceptions import ConnectorError, EmbeddingsRequestError
 from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by
 from streams.catalog import EMBEDDING_JOBS, EMBEDDING_RESULTS, USAGE_EVENTS
@@ -263,7 +264,8 @@ def _answer(batch: Batch[EmbeddingJob], work: _Work, memory: Memory, started: fl
     job = work.job
     latency_ms = (time.perf_counter() - started) * 1000.0
     if work.embedded and work.tokens is not None:
-        usage = UsageEvent(**caused_by(job), provider=memory.embedder.provider, model=memory.embedder.model,
+        usage = UsageEvent(**caused_by(job), event_id=usage_event_id(job.event_id, "embedding"),
+                           provider=memory.embedder.provider, model=memory.embedder.model,
                            kind="embedding", input_tokens=work.tokens, latency_ms=latency_ms,
                            source_event_id=job.event_id)
         batch.emit(USAGE_EVENTS.name, job.tenant, usage)
