@@ -40,9 +40,9 @@ from typing import Any, cast
 from urllib.parse import urlparse
 
 from agents.exceptions import TurnRefused
+from agents.ids import usage_event_id
 from agents.memory import retrieve
 from agents.pricing import PriceTable
-from agents.usage import usage_event_id
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
 from connectors.model_server import local_tokenizer_for_model, prompt_renderer_for_model

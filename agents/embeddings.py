@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.exceptions import JobRejected
+from agents.ids import usage_event_id
 from agents.memory import JobPlan, Memory, shared_memory
-from agents.usage import usage_event_id
 from connectors.exceptions import ConnectorError, EmbeddingsRequestError
 from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by
 from streams.catalog import EMBEDDING_JOBS, EMBEDDING_RESULTS, USAGE_EVENTS

@@ -19,7 +19,7 @@ partition (no records left below the high watermark): after downtime or under la
 ``SOMA_USAGE_MAX_FUTURE_SECONDS`` ahead of the worker's clock go to the DLQ (they would close every
 window of the tenant at once). Duplicates (an ``event_id`` seen in the last ``SOMA_DEDUPE_TTL_SECONDS``)
 are counted once; usage events our agents derive from a turn or an embedding job carry
-:func:`usage_event_id` of it, so a turn or job processed twice (a crash replay) is counted once.
+:func:`agents.ids.usage_event_id` of it, so a turn or job processed twice (a crash replay) is counted once.
 
 **Bounds.** Nothing that enters the tables can make a later step fail on every restart: an event with
 a token count above :data:`MAX_COUNT` (Avro ``long``) or a cost (reported or priced) that is not a
@@ -64,6 +64,7 @@ from typing import Any, Protocol
 from agents.budgets import Budgets, crossed
 from agents.exceptions import LateEventError, UsageEventError
 from agents.forecast import Forecast, Trend
+from agents.ids import USAGE_ID_NAMESPACE, usage_event_id
 from agents.pricing import PriceTable
 from schemas import UsageEvent, UsageReport
 from streams import metrics
@@ -76,6 +77,7 @@ __all__ = [
     "HOUR_MS",
     "MAX_COUNT",
     "MAX_USD",
+    "USAGE_ID_NAMESPACE",
     "BatchAccount",
     "DictStore",
     "Stores",
@@ -96,8 +98,6 @@ HORIZONS = (("24h", 24), ("7d", 168))
 TABLES = ("seen", "windows", "tenants", "history", "latest")
 _NAMESPACE = uuid.UUID("6f0b7c1e-2a47-4c55-9a0e-5d1b0f1c0a11")
 _SEEN_SWEEP_MS = 60_000
-#: Namespace of :func:`usage_event_id` (uuid5).
-USAGE_ID_NAMESPACE = uuid.UUID("0c7a3f52-9d1e-5b8a-a4f6-2e91d3c5b708")
 #: Largest token or event count a report holds (Avro ``long``); sums saturate here.
 MAX_COUNT = 2**63 - 1
 #: Largest cost in USD one event may claim and a sum holds (saturating): beyond any real bill, far from
@@ -108,15 +108,6 @@ _MAX_COUNT_FLOAT = float(MAX_COUNT - 1023)  # float(MAX_COUNT) rounds up to 2**6
 # Window row: [input, output, cached, events, cost, reported, priced, unpriced]
 _IN, _OUT, _CACHED, _EVENTS, _COST, _REPORTED, _PRICED, _UNPRICED = range(8)
 _EMPTY_ROW = (0, 0, 0, 0, 0.0, 0, 0, 0)
-
-
-def usage_event_id(source_event_id: str, kind: str) -> str:
-    """The ``event_id`` of the usage event an agent derives from ``source_event_id`` (a turn, a job).
-
-    Deterministic (uuid5), so processing the same turn or job again yields the same id and the usage
-    agent counts it once.
-    """
-    return str(uuid.uuid5(USAGE_ID_NAMESPACE, f"{source_event_id}:{kind}"))
 
 
 def _count(value: Any) -> int:

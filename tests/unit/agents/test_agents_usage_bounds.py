@@ -33,8 +33,9 @@ NOW_MS = int((START + timedelta(days=30)).timestamp() * 1000)
 
 def event(hour: int, minute: int = 0, tenant: str = "big", inp: int = 0, out: int = 0,
           cost: float | None = None, model: str = "gpt-4o") -> UsageEvent:
-    return UsageEvent(event_id=str(uuid.uuid4()), tenant=tenant, occurred_at=START + timedelta(hours=hour, minutes=minute),
-                      provider="openai", model=model, kind="chat", input_tokens=inp, output_tokens=out, cost_usd=cost)
+    at = START + timedelta(hours=hour, minutes=minute)
+    return UsageEvent(event_id=str(uuid.uuid4()), tenant=tenant, occurred_at=at, provider="openai", model=model,
+                      kind="chat", input_tokens=inp, output_tokens=out, cost_usd=cost)
 
 
 def unchecked(**fields: Any) -> UsageEvent:
@@ -136,7 +137,7 @@ def test_state_holding_inf_and_nan_is_read_back_safely() -> None:
     harness = Harness(Budgets(default=Budget(monthly_usd=10.0)))
     harness.run(event(0, inp=10, cost=1.0), event(1, inp=10, cost=1.0))
     stores = harness.stores
-    for key, values in list(stores.windows.items()):
+    for key, _ in list(stores.windows.items()):
         stores.windows.set(key, [math.inf, math.nan, 0, 1, math.inf, 1, 0, 0])
     history = stores.history.get("big") or {"start": int(START.timestamp() * 1000), "cost": [], "tokens": []}
     history["cost"] = [math.inf, math.nan, -math.inf, 1e308, 1e308]
