@@ -63,9 +63,11 @@ class Budgets:
     @classmethod
     def from_settings(cls, settings: Any) -> Budgets:
         """Budgets from the settings, with the file's entries when ``SOMA_BUDGETS_FILE`` is set."""
-        base = cls(
+        monthly, daily = settings.budget_monthly_usd, settings.budget_daily_usd
+        base = cls(  # (the settings admit inf; a budget must be an amount)
             thresholds=tuple(sorted(settings.budget_thresholds)),
-            default=Budget(settings.budget_monthly_usd, settings.budget_daily_usd),
+            default=Budget(None if monthly is None else _usd(monthly, "SOMA_BUDGET_MONTHLY_USD"),
+                           None if daily is None else _usd(daily, "SOMA_BUDGET_DAILY_USD")),
         )
         path = settings.budgets_file
         return base if path is None else base.with_file(path)

@@ -56,7 +56,17 @@ from agents.slots import FairSlots
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
 from connectors.model_server import local_tokenizer_for_model, prompt_renderer_for_model
-from schemas import ConversationTurn, Hit, LockState, SchemaError, Source, TurnEvent, UsageEvent, caused_by
+from schemas import (
+    ConversationTurn,
+    Hit,
+    LockState,
+    SchemaError,
+    Source,
+    TurnEvent,
+    UsageEvent,
+    caused_by,
+    derived_event_id,
+)
 from schemas.conversation import TokenUsage, TurnEventType
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
 from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
@@ -438,7 +448,8 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
 def _usage_event(turn: ConversationTurn, state: _ConversationState, result: ChatResult, usage: TokenUsage,
                  cost: float | None) -> UsageEvent:
     return UsageEvent(
-        **caused_by(turn), provider=state.provider, model=result.model, kind="chat",
+        **caused_by(turn), event_id=derived_event_id(turn.event_id, "usage:chat"),
+        provider=state.provider, model=result.model, kind="chat",
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cached_tokens=usage.cached_tokens,
         cost_usd=cost, latency_ms=result.latency_ms, source_event_id=turn.event_id,
     )

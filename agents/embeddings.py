@@ -269,7 +269,8 @@ def _answer(batch: Batch[EmbeddingJob], work: _Work, memory: Memory, started: fl
     job = work.job
     latency_ms = (time.perf_counter() - started) * 1000.0
     if work.embedded and work.tokens is not None:
-        usage = UsageEvent(**caused_by(job), provider=memory.embedder.provider, model=memory.embedder.model,
+        usage = UsageEvent(**caused_by(job), event_id=derived_event_id(job.event_id, "usage:embedding"),
+                           provider=memory.embedder.provider, model=memory.embedder.model,
                            kind="embedding", input_tokens=work.tokens, latency_ms=latency_ms,
                            source_event_id=job.event_id)
         batch.emit(USAGE_EVENTS.name, job.tenant, usage)

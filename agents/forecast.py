@@ -25,11 +25,16 @@ standard errors of ``γ``. What the model does not capture: daily/weekly cycles 
 and errors that are correlated hour to hour (bursty usage) make it too narrow. With fewer than 3
 points there is no spread to estimate: the forecast is the mean rate times the horizon, with no
 interval.
+
+Any history is taken, and every result is a finite number ≥ 0: NaN counts as 0 and ±inf as the largest
+float, the fit runs on the history divided by its largest magnitude (so no square overflows), and a
+result beyond the largest float is reported as the largest float. A forecast never raises on data.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +44,23 @@ __all__ = ["METHOD", "MIN_POINTS", "Forecast", "Trend", "forecast_sum", "t_cdf",
 MIN_POINTS = 3
 METHOD = "ols-linear-trend+t-prediction-interval"
 FALLBACK_METHOD = "mean-rate (fewer than 3 points: no interval)"
+_MAX = sys.float_info.max
+
+
+def _finite(value: float) -> float:
+    """``value`` as a finite float: NaN is 0, ±inf (or an int beyond floats) is ± the largest float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return _MAX if value > 0 else -_MAX
+    if number != number:
+        return 0.0
+    return min(_MAX, max(-_MAX, number))
+
+
+def _amount(value: float) -> float:
+    """A forecast figure as reported: finite and never negative (NaN is 0)."""
+    return min(value, _MAX) if value > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -63,28 +85,36 @@ def forecast_sum(history: Sequence[float], horizon: int, confidence: float) -> F
 
 @dataclass(frozen=True)
 class Trend:
-    """The least-squares line through a history, fitted once and asked for several horizons."""
+    """The least-squares line through a history, fitted once and asked for several horizons.
+
+    ``intercept``, ``slope``, ``residual_sd`` and ``mean`` are in units of ``scale`` (the history's
+    largest magnitude, 1 for an all-zero history).
+    """
 
     n: int
     intercept: float
     slope: float
     residual_sd: float
     mean: float
+    scale: float = 1.0
 
     @classmethod
     def fit(cls, history: Sequence[float]) -> Trend:
-        n = len(history)
+        values = [_finite(y) for y in history]
+        n = len(values)
+        scale = max(map(abs, values), default=0.0) or 1.0
+        ys = [y / scale for y in values]  # in [-1, 1]: no sum or square below can overflow
         if n < MIN_POINTS:
-            mean = sum(history) / n if n else 0.0
-            return cls(n, mean, 0.0, 0.0, mean)
+            mean = sum(ys) / n if n else 0.0
+            return cls(n, mean, 0.0, 0.0, mean, scale)
         x_mean = (n - 1) / 2
-        y_mean = math.fsum(history) / n
+        y_mean = math.fsum(ys) / n
         sxx = n * (n * n - 1) / 12  # Σ (i − x̄)² for i = 0 … n−1
-        sxy = math.fsum((i - x_mean) * (y - y_mean) for i, y in enumerate(history))
+        sxy = math.fsum((i - x_mean) * (y - y_mean) for i, y in enumerate(ys))
         slope = sxy / sxx
         intercept = y_mean - slope * x_mean
-        rss = math.fsum((y - (intercept + slope * i)) ** 2 for i, y in enumerate(history))
-        return cls(n, intercept, slope, math.sqrt(max(rss, 0.0) / (n - 2)), y_mean)
+        rss = math.fsum((y - (intercept + slope * i)) ** 2 for i, y in enumerate(ys))
+        return cls(n, intercept, slope, math.sqrt(max(rss, 0.0) / (n - 2)), y_mean, scale)
 
     def forecast(self, horizon: int, confidence: float) -> Forecast:
         if not 0 < confidence < 1:
@@ -94,26 +124,29 @@ class Trend:
         n = self.n
         if horizon == 0:
             return Forecast(0.0, 0.0, 0.0, confidence, n, 0, METHOD if n >= MIN_POINTS else FALLBACK_METHOD)
+        scale = self.scale
         if n < MIN_POINTS:
-            return Forecast(max(0.0, self.mean * horizon), None, None, None, n, horizon, FALLBACK_METHOD)
+            return Forecast(_amount(self.mean * horizon * scale), None, None, None, n, horizon, FALLBACK_METHOD)
         x_mean = (n - 1) / 2
         sxx = n * (n * n - 1) / 12
         # Future x: n … n+H−1; their sum and their summed distance from x̄.
         future_x_sum = horizon * n + horizon * (horizon - 1) / 2
         total = horizon * self.intercept + self.slope * future_x_sum
         offset = future_x_sum - horizon * x_mean
-        spread = self.residual_sd * math.sqrt(horizon + horizon * horizon / n + offset * offset / sxx)
-        half_width = t_quantile((1 + confidence) / 2, n - 2) * spread
+        spread = 0.0
+        if self.residual_sd > 0:  # (0 × an infinite quantile would be NaN)
+            spread = self.residual_sd * math.sqrt(horizon + horizon * horizon / n + offset * offset / sxx)
+        half_width = t_quantile((1 + confidence) / 2, n - 2) * spread if spread > 0 else 0.0
         return Forecast(
-            total=max(0.0, total),
-            lower=max(0.0, total - half_width),
-            upper=max(0.0, total + half_width),
+            total=_amount(total * scale),
+            lower=_amount((total - half_width) * scale),
+            upper=_amount((total + half_width) * scale),
             confidence=confidence,
             history_points=n,
             horizon=horizon,
             method=METHOD,
-            slope=self.slope,
-            residual_sd=self.residual_sd,
+            slope=_finite(self.slope * scale),
+            residual_sd=_finite(self.residual_sd * scale),
         )
 
 

@@ -69,7 +69,7 @@ class ModelPrice:
         return self.input_per_mtok if self.cached_per_mtok is None else self.cached_per_mtok
 
     def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for one call; ``cached_tokens`` are part of ``input_tokens``."""
+        """USD for one call; ``cached_tokens`` are part of ``input_tokens``. Always finite (ValueError if not)."""
         if input_tokens < 0 or output_tokens < 0 or cached_tokens < 0:
             raise ValueError("token counts must not be negative")
         if cached_tokens > input_tokens:
@@ -77,11 +77,17 @@ class ModelPrice:
                 f"cached_tokens ({cached_tokens}) exceeds input_tokens ({input_tokens}): cached tokens are "
                 "a subset of the input tokens"
             )
-        return (
-            (input_tokens - cached_tokens) * self.input_per_mtok
-            + cached_tokens * self.cached_rate
-            + output_tokens * self.output_per_mtok
-        ) / _PER_TOKENS
+        try:
+            cost = (
+                (input_tokens - cached_tokens) * self.input_per_mtok
+                + cached_tokens * self.cached_rate
+                + output_tokens * self.output_per_mtok
+            ) / _PER_TOKENS
+        except OverflowError:  # a count beyond what a float holds
+            cost = math.inf
+        if not math.isfinite(cost):  # a float product can overflow to inf without raising
+            raise ValueError(f"the cost of {input_tokens} input and {output_tokens} output tokens overflows")
+        return cost
 
 
 class PriceTable:

@@ -13,9 +13,19 @@ are reported and its rows deleted — once the tenant's clock passes the window'
 period (``SOMA_USAGE_GRACE_SECONDS``). An event whose hour window has already closed by that rule is
 *late*: it goes to the DLQ with that reason (it would otherwise change a total already reported). A
 tenant that sends nothing for ``SOMA_USAGE_IDLE_CLOSE_SECONDS`` has its clock moved to the wall clock,
-so its windows close without new traffic. Events dated more than ``SOMA_USAGE_MAX_FUTURE_SECONDS``
-ahead of the worker's clock go to the DLQ (they would close every window of the tenant at once).
-Duplicates (an ``event_id`` seen in the last ``SOMA_DEDUPE_TTL_SECONDS``) are counted once.
+so its windows close without new traffic — but only while the worker has caught up with the tenant's
+partition (no records left below the high watermark): after downtime or under lag, "silent" only means
+"not read yet", and moving the clock then would make the whole backlog late. Events dated more than
+``SOMA_USAGE_MAX_FUTURE_SECONDS`` ahead of the worker's clock go to the DLQ (they would close every
+window of the tenant at once). Duplicates (an ``event_id`` seen in the last ``SOMA_DEDUPE_TTL_SECONDS``)
+are counted once; usage events our agents derive from a turn or an embedding job carry
+:func:`schemas.derived_event_id` of it (part ``usage:<kind>``), so a turn or job processed twice (a
+crash replay) is counted once.
+
+**Bounds.** Nothing that enters the tables can make a later step fail on every restart: an event with
+a token count above :data:`MAX_COUNT` (Avro ``long``) or a cost (reported or priced) that is not a
+finite amount of at most :data:`MAX_USD` goes to the DLQ; sums saturate at those bounds; values read
+back from the tables are clamped the same way, and the forecast takes any finite or non-finite history.
 
 **Reports**, keyed by tenant, each with a deterministic ``event_id`` (a replay after a crash sends the
 same ids, so consumers can drop repeats):
@@ -65,6 +75,8 @@ from streams.web import page, partition_for
 __all__ = [
     "DAY_MS",
     "HOUR_MS",
+    "MAX_COUNT",
+    "MAX_USD",
     "BatchAccount",
     "DictStore",
     "Stores",
@@ -84,9 +96,50 @@ HORIZONS = (("24h", 24), ("7d", 168))
 TABLES = ("seen", "windows", "tenants", "history", "latest")
 _NAMESPACE = uuid.UUID("6f0b7c1e-2a47-4c55-9a0e-5d1b0f1c0a11")
 _SEEN_SWEEP_MS = 60_000
+#: Largest token or event count a report holds (Avro ``long``); sums saturate here.
+MAX_COUNT = 2**63 - 1
+#: Largest cost in USD one event may claim and a sum holds (saturating): beyond any real bill, far from
+#: where float sums and the forecast's squares lose finiteness.
+MAX_USD = 1e15
+_MAX_COUNT_FLOAT = float(MAX_COUNT - 1023)  # float(MAX_COUNT) rounds up to 2**63
 
 # Window row: [input, output, cached, events, cost, reported, priced, unpriced]
 _IN, _OUT, _CACHED, _EVENTS, _COST, _REPORTED, _PRICED, _UNPRICED = range(8)
+_EMPTY_ROW = (0, 0, 0, 0, 0.0, 0, 0, 0)
+
+
+def _count(value: Any) -> int:
+    """A token or event count as the accounting keeps it: an int in 0 … MAX_COUNT (anything else: 0)."""
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_COUNT else (0 if value < 0 else MAX_COUNT)
+    if isinstance(value, float) and value > 0:  # NaN fails the comparison
+        return MAX_COUNT if value >= MAX_COUNT else int(value)
+    return 0
+
+
+def _token_figure(value: Any) -> float:
+    """A forecast token figure (a float field): 0 … the largest float not above MAX_COUNT."""
+    if isinstance(value, int | float) and value > 0:  # NaN fails the comparison
+        return _MAX_COUNT_FLOAT if value > _MAX_COUNT_FLOAT else float(value)
+    return 0.0
+
+
+def _usd(value: Any) -> float:
+    """An amount in USD as the accounting keeps it: a float in 0 … MAX_USD (NaN, negatives, junk: 0)."""
+    if isinstance(value, int | float) and value > 0:
+        return MAX_USD if value > MAX_USD else float(value)
+    return 0.0
+
+
+def _window_sum(a: Any, b: Any) -> list[Any]:
+    """Two window rows added field by field, saturating; a stored row that is not one counts as empty."""
+    if not isinstance(a, list | tuple) or len(a) != 8:
+        a = _EMPTY_ROW
+    if not isinstance(b, list | tuple) or len(b) != 8:
+        b = _EMPTY_ROW
+    total: list[Any] = [_count(_count(x) + _count(y)) for x, y in zip(a, b, strict=True)]
+    total[_COST] = _usd(_usd(a[_COST]) + _usd(b[_COST]))
+    return total
 
 
 # -- keys and calendar --------------------------------------------------------------------------------
@@ -278,16 +331,28 @@ class UsageAccountant:
                 f"cached_tokens ({event.cached_tokens}) exceeds input_tokens ({event.input_tokens}): cached "
                 "tokens are the part of the input tokens served from the provider's cache"
             )
+        if event.input_tokens > MAX_COUNT or event.output_tokens > MAX_COUNT:
+            raise UsageEventError(f"a token count ({max(event.input_tokens, event.output_tokens)}) exceeds "
+                                  f"{MAX_COUNT}, the most a report can hold")
         if event.cost_usd is not None:
-            return event.cost_usd, 0
-        cost = self.prices.cost(event.model, event.input_tokens, event.output_tokens, event.cached_tokens)
+            return _checked_cost(event.cost_usd, "cost_usd"), 0
+        try:
+            cost = self.prices.cost(event.model, event.input_tokens, event.output_tokens, event.cached_tokens)
+        except (ArithmeticError, ValueError) as exc:
+            raise UsageEventError(f"the cost of this event cannot be computed from the price table: {exc}") from None
         if cost is None:
             if event.model not in self._warned_unpriced and len(self._warned_unpriced) < 1000:
                 self._warned_unpriced.add(event.model)
                 logger.warning("no price for model %r (provider %s): its usage events count tokens at cost 0; "
                                "add it to SOMA_PRICES_FILE", event.model, event.provider)
             return 0.0, 2
-        return cost, 1
+        return _checked_cost(cost, "the cost from the price table"), 1
+
+
+def _checked_cost(cost: float, what: str) -> float:
+    if not 0 <= cost <= MAX_USD:  # NaN fails too
+        raise UsageEventError(f"{what} ({cost!r}) is not a finite amount between 0 and {MAX_USD:g} USD")
+    return cost
 
 
 class BatchAccount:
@@ -312,6 +377,8 @@ class BatchAccount:
             row = self.stores.tenants.get(tenant) or {
                 "wm": 0, "active": 0, "open": {}, "spend": {}, "closed": {}, "alerts": {}, "fc": 0,
             }
+            for section in ("spend", "closed"):  # sums written by an older version may be inf/NaN
+                row[section] = {key: _usd(value) for key, value in row[section].items()}
             self._rows[tenant] = row
         return row
 
@@ -383,15 +450,15 @@ class BatchAccount:
 
     # -- per batch ----------------------------------------------------------------------------------
 
-    def finish(self, tick: bool = False) -> list[tuple[str, UsageReport]]:
-        """Write the batch's sums, close due windows, forecast and check budgets; the reports to send."""
+    def finish(self, idle_close: bool = False) -> list[tuple[str, UsageReport]]:
+        """Write the batch's sums, close due windows, forecast and check budgets; the reports to send.
+
+        ``idle_close``: also apply the idle rule to the partition's silent tenants; the agent passes it
+        on its ticks only once it has caught up with the partition (see the module docstring).
+        """
         windows = self.stores.windows
         for key, delta in self._deltas.items():
-            current = windows.get(key)
-            if current is None:
-                windows.set(key, delta)
-            else:
-                windows.set(key, [a + b for a, b in zip(current, delta, strict=True)])
+            windows.set(key, _window_sum(windows.get(key), delta))
         self._deltas = {}
 
         for tenant in sorted(self._touched):
@@ -401,7 +468,7 @@ class BatchAccount:
             self._check_actual(tenant, row)
             self.stores.tenants.set(tenant, row)
 
-        if tick and self.config.idle_close_ms > 0:
+        if idle_close and self.config.idle_close_ms > 0:
             for tenant, stored in list(self.stores.tenants.items()):
                 if tenant in self._touched:
                     continue
@@ -435,7 +502,7 @@ class BatchAccount:
         latest = None
         for end, size, start, key in due:
             groups = row["open"].pop(key)
-            total = [0, 0, 0, 0, 0.0, 0, 0, 0]
+            total: list[Any] = list(_EMPTY_ROW)
             summaries = []
             for group in groups:
                 wkey = window_key(tenant, group, size, start)
@@ -443,7 +510,8 @@ class BatchAccount:
                 self.stores.windows.delete(wkey)
                 if values is None:
                     continue
-                total = [a + b for a, b in zip(total, values, strict=True)]
+                values = _window_sum(values, _EMPTY_ROW)  # clamped: a row of an older version may hold inf
+                total = _window_sum(total, values)
                 provider, model, kind = (_unescape(part) for part in group.split("|"))
                 report = self._rollup(tenant, size, start, end, values, provider, model, kind)
                 self._reports.append((tenant, report))
@@ -456,7 +524,7 @@ class BatchAccount:
             self._reports.append((tenant, report))
             self.stats.windows_closed[size] += 1
             if size == "hour":
-                self._record_hour(tenant, row, start, total[_COST], total[_IN] + total[_OUT])
+                self._record_hour(tenant, row, start, total[_COST], _count(total[_IN] + total[_OUT]))
             if latest is None:
                 latest = self.stores.latest.get(tenant) or {}
             latest[size] = {**_summary(report), "groups": summaries}
@@ -482,11 +550,11 @@ class BatchAccount:
             provider=provider,
             model=model,
             kind=kind,
-            input_tokens=int(values[_IN]),
-            output_tokens=int(values[_OUT]),
-            cached_tokens=int(values[_CACHED]),
-            events=int(values[_EVENTS]),
-            cost_usd=values[_COST],
+            input_tokens=_count(values[_IN]),
+            output_tokens=_count(values[_OUT]),
+            cached_tokens=_count(values[_CACHED]),
+            events=_count(values[_EVENTS]),
+            cost_usd=_usd(values[_COST]),
             method=f"cost: reported={int(values[_REPORTED])} priced={int(values[_PRICED])} "
                    f"unpriced={int(values[_UNPRICED])}",
         )
@@ -496,8 +564,8 @@ class BatchAccount:
         slot = (start - history["start"]) // HOUR_MS
         if slot < len(history["cost"]):  # an hour already in the history (zero-filled): add to it
             if slot >= 0:
-                history["cost"][slot] += cost
-                history["tokens"][slot] += tokens
+                history["cost"][slot] = _usd(_usd(history["cost"][slot]) + cost)
+                history["tokens"][slot] = _count(_count(history["tokens"][slot]) + tokens)
         else:
             history["cost"].append(cost)
             history["tokens"].append(tokens)
@@ -505,7 +573,7 @@ class BatchAccount:
         self.stores.history.set(tenant, history)
         for period in ("day", "month"):
             key = f"{period}:{period_bounds(period, start)[0]}"
-            row["closed"][key] = row["closed"].get(key, 0.0) + cost
+            row["closed"][key] = _usd(row["closed"].get(key, 0.0) + cost)
 
     def _history(self, tenant: str, until: int) -> dict[str, Any]:
         """The tenant's hourly history, zero-filled up to (not including) the hour starting at ``until``."""
@@ -557,10 +625,10 @@ class BatchAccount:
                 window=label,
                 window_start=_dt(closed_until),
                 window_end=_dt(closed_until + hours * HOUR_MS),
-                forecast_tokens=token.total,
-                forecast_cost_usd=cost.total,
-                lower_cost_usd=cost.lower,
-                upper_cost_usd=cost.upper,
+                forecast_tokens=_token_figure(token.total),
+                forecast_cost_usd=_usd(cost.total),
+                lower_cost_usd=None if cost.lower is None else _usd(cost.lower),
+                upper_cost_usd=None if cost.upper is None else _usd(cost.upper),
                 confidence=cost.confidence,
                 history_points=cost.history_points,
                 method=cost.method,
@@ -569,7 +637,9 @@ class BatchAccount:
                 period="month" if label == "month" else None,
             )
             self._reports.append((tenant, report))
-            forecasts[label] = {**_summary(report), "lower_tokens": token.lower, "upper_tokens": token.upper}
+            forecasts[label] = {**_summary(report),
+                                "lower_tokens": None if token.lower is None else _token_figure(token.lower),
+                                "upper_tokens": None if token.upper is None else _token_figure(token.upper)}
         latest = self.stores.latest.get(tenant) or {}
         latest["forecast"] = forecasts
         self.stores.latest.set(tenant, latest)
@@ -584,7 +654,8 @@ class BatchAccount:
             if ahead.lower is None:
                 continue  # no interval yet: too little history to warn on a forecast
             closed = row["closed"].get(f"{period}:{start}", 0.0)
-            self._alert(tenant, row, period, start, end, "forecast", closed + ahead.total, limit, ahead, closed)
+            self._alert(tenant, row, period, start, end, "forecast", _usd(closed + ahead.total), limit, ahead,
+                        closed)
 
     def _check_actual(self, tenant: str, row: dict[str, Any]) -> None:
         budget = self.a.budgets.for_tenant(tenant)
@@ -596,7 +667,7 @@ class BatchAccount:
             if limit is None:
                 continue
             start, end = period_bounds(period, int(start_text))
-            self._alert(tenant, row, period, start, end, "actual", spent, limit)
+            self._alert(tenant, row, period, start, end, "actual", _usd(spent), limit)
 
     def _alert(self, tenant: str, row: dict[str, Any], period: str, start: int, end: int, basis: str,
                amount: float, limit: float, ahead: Forecast | None = None, closed: float | None = None) -> None:
@@ -620,8 +691,8 @@ class BatchAccount:
                 spent_usd=amount if ahead is None else closed,
                 cost_usd=amount,
                 forecast_cost_usd=None if ahead is None else amount,
-                lower_cost_usd=None if ahead is None or ahead.lower is None else (closed or 0.0) + ahead.lower,
-                upper_cost_usd=None if ahead is None or ahead.upper is None else (closed or 0.0) + ahead.upper,
+                lower_cost_usd=None if ahead is None or ahead.lower is None else _usd((closed or 0.0) + ahead.lower),
+                upper_cost_usd=None if ahead is None or ahead.upper is None else _usd((closed or 0.0) + ahead.upper),
                 confidence=None if ahead is None else ahead.confidence,
                 history_points=None if ahead is None else ahead.history_points,
             )
@@ -719,7 +790,9 @@ async def usage_agent(stream: BatchStream[UsageEvent]) -> None:
                 with batch.guard(record, on_error=_count_failure):
                     if not account.add(record.event):
                         logger.debug("duplicate usage event %s ignored", record.event.event_id)
-            for tenant, report in account.finish(tick=batch.tick):
+            # The idle rule only once this partition is read to its end: a backlog is not silence.
+            idle_close = batch.tick and await batch.lag(partition) == 0
+            for tenant, report in account.finish(idle_close=idle_close):
                 batch.emit(USAGE_REPORTS.name, tenant, report)
             if sweep:
                 account.sweep_seen()

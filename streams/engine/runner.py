@@ -519,6 +519,21 @@ class AgentRunner:
 
         return done
 
+    async def lag(self, partition: int) -> int | None:
+        """Records of an owned input partition not handed to the agent yet, per the last fetch answer.
+
+        High watermark (read from fetch answers, right on the embedded broker too) minus position;
+        None while the partition is not owned or no fetch of it has been answered.
+        """
+        consumer, tp = self.consumer, TopicPartition(self.spec.topic.name, partition)
+        if consumer is None or partition not in self.assigned_partitions:
+            return None
+        try:
+            high = consumer.highwater(tp)
+            return None if high is None else max(0, high - await consumer.position(tp))
+        except (AssertionError, IllegalStateError):  # revoked meanwhile
+            return None
+
     @property
     def deferred_count(self) -> int:
         """Records handed out with ``defer`` whose work has not finished yet."""

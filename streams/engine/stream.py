@@ -95,6 +95,10 @@ class Batch(Generic[E]):
         """Input partitions this worker owns right now."""
         return self._runner.assigned_partitions
 
+    async def lag(self, partition: int) -> int | None:
+        """Records of ``partition`` the broker holds beyond this batch; see :meth:`AgentRunner.lag`."""
+        return await self._runner.lag(partition)
+
     def emit(
         self, topic: str, key: str | bytes | None, event: Envelope, headers: list[tuple[str, bytes]] | None = None
     ) -> None:

@@ -61,7 +61,7 @@ class Harness:
             except UsageEventError as exc:
                 self.errors.append(exc)
                 accepted.append(False)
-        self.reports += [report for _, report in account.finish(tick=tick)]
+        self.reports += [report for _, report in account.finish(idle_close=tick)]
         return accepted
 
     def rollups(self, window: str | None = None) -> dict[tuple[Any, ...], tuple[Any, ...]]:
