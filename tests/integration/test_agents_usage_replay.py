@@ -25,7 +25,7 @@ from schemas import UsageEvent, decode_event
 from streams.catalog import USAGE_EVENTS
 from tests.integration.conftest import Stack, TurnClient, write_test_prices
 from tests.support.embedding_client import EmbeddingClient
-from tests.support.stack import TopicReader, start_broker
+from tests.support.stack import TopicReader
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +49,9 @@ def open_hour_events(body: dict[str, Any]) -> dict[str, int]:
 
 
 async def test_a_turn_and_a_job_processed_twice_are_counted_once(
-    tmp_path: Path, redis_url: str, model_server: Any, turn_client_factory: Any
+    tmp_path: Path, model_server: Any, stack_factory: Any, turn_client_factory: Any
 ) -> None:
-    stack = Stack(start_broker(tmp_path), redis_url, tmp_path)
+    stack: Stack = stack_factory()  # set up before the turn client, so its readers stop before the broker
     env = {
         "OPENAI_BASE_URL": model_server.base_url,
         "SOMA_LLM_PROVIDER": "llama.cpp",
@@ -114,4 +114,3 @@ async def test_a_turn_and_a_job_processed_twice_are_counted_once(
             await usage_reader.stop()
         if jobs is not None:
             await jobs.stop()
-        stack.close()
