@@ -197,12 +197,7 @@ class AgentRunner:
     async def _recover_from_crash(self, exc: Exception, backoff: float) -> tuple[float, bool]:
         """Decide what the crash says about the batch in flight; return (delay, consumer kept)."""
         suspects, self._batch_records = self._batch_records, []
-        if self._lock.locked() and self._in_batch:
-            self._in_batch = False
-            self._lock.release()
-        self.outbox.discard()
-        for table in self.tables.values():
-            table.discard_pending()
+        self._drop_batch_in_flight()
         infrastructure = isinstance(exc, _INFRASTRUCTURE_FAILURES) or bool(getattr(exc, "retriable", False))
         delay = backoff
         if suspects and not infrastructure:
@@ -285,15 +280,19 @@ class AgentRunner:
         self.consumer.subscribe([self.spec.topic.name], listener=_Listener(self))
         self._next_tick = time.monotonic() + (self.tick_seconds or 0)
 
-    async def _cleanup(self) -> None:
-        self.ready.clear()
-        self.recovery.abandon()
+    def _drop_batch_in_flight(self) -> None:
+        """Forget what the batch in flight produced (outputs, table writes) and release its lock."""
         if self._lock.locked() and self._in_batch:
             self._in_batch = False
             self._lock.release()
         self.outbox.discard()
         for table in self.tables.values():
             table.discard_pending()
+
+    async def _cleanup(self) -> None:
+        self.ready.clear()
+        self.recovery.abandon()
+        self._drop_batch_in_flight()
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             try:
