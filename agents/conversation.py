@@ -214,7 +214,10 @@ def _agent_state(settings: Any) -> _ConversationState:
 
 
 def _turn_event(turn: ConversationTurn, type_: TurnEventType, **fields: Any) -> TurnEvent:
-    return TurnEvent(**caused_by(turn), session_id=turn.session_id, turn_id=turn.event_id, type=type_, **fields)
+    # A turn answered again after a crash repeats the ids of what it had already sent (chunks by seq).
+    event_id = derived_event_id(turn.event_id, f"{type_}:{fields.get('seq', 0)}")
+    return TurnEvent(**caused_by(turn), event_id=event_id, session_id=turn.session_id, turn_id=turn.event_id,
+                     type=type_, **fields)
 
 
 def _reply_invalid(batch: Batch[ConversationTurn], record: Record[ConversationTurn], error: SchemaError) -> None:
