@@ -108,9 +108,9 @@ async def answered_after(client: LockClient, flow: Flow, since: int, timeout: fl
 
 
 def restores(worker: WorkerProcess) -> int:
-    """How many changelog restores of the lock table the worker's current log reports."""
+    """How many changelog restores of the lock agent's tables the worker's current log reports."""
     text = worker.log_path.read_text(errors="replace") if worker.log_path else ""
-    return text.count("of table locks from its changelog")
+    return text.count("agent locks: restored ")
 
 
 async def test_a_killed_worker_s_partitions_and_state_move_to_the_others_and_come_back(
