@@ -127,7 +127,7 @@ def memory_prompt(system_prompt: str | None, hits: list[Hit]) -> str | None:
     return f"{system_prompt}\n\n{memory}" if system_prompt else memory
 
 
-def _lock_is_current(key: str, state: LockState) -> bool:
+def _lock_is_current(key: str) -> bool:
     return "#" not in key  # '<tenant>#rejected' records are refusals, not states
 
 

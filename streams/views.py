@@ -36,14 +36,15 @@ E = TypeVar("E", bound=Envelope)
 class TopicView(Generic[E]):
     """The latest decodable event per key of ``topic``, kept up to date by a background task.
 
-    ``keep(key, event)`` decides which records count (say, not the refusals of the lock topic).
+    ``keep(key)`` decides which keys count (say, not the refusals of the lock topic); records of other
+    keys are not even decoded.
     A record that does not decode or validate — whatever the decoder raises — is skipped: counted in
     ``soma_records_skipped_total{reader="view"}``, logged rate-limited, and the key keeps its last
     valid event. A view must not stop on a bad record.
     """
 
     def __init__(
-        self, settings: Settings, topic: TopicSpec, keep: Callable[[str, E], bool] | None = None
+        self, settings: Settings, topic: TopicSpec, keep: Callable[[str], bool] | None = None
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -117,17 +118,17 @@ class TopicView(Generic[E]):
             for messages in fetched.values():
                 for message in messages:
                     key = (message.key or b"").decode("utf-8", "replace")
+                    if self._keep is not None and not self._keep(key):
+                        continue
                     if message.value is None:
                         self._latest.pop(key, None)
                         continue
                     try:
                         event = decode_event(message.value, model)
-                        kept = self._keep is None or self._keep(key, event)
                     except Exception as exc:  # any decoder error (OverflowError, RecursionError, ...)
                         self.skips.skip(self.topic.name, message.partition, message.offset, exc)
                         continue
-                    if kept:
-                        self._latest[key] = event
+                    self._latest[key] = event
             for tp in list(behind):
                 if await consumer.position(tp) >= behind[tp]:
                     del behind[tp]
