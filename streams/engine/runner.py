@@ -329,7 +329,6 @@ class AgentRunner:
                 self._next_tick = time.monotonic() + tick
                 batch.tick = True
             if batch.records or batch.failed or len(self.outbox) or tick_due:
-                self._batch_records = list(batch.records)
                 self.metrics.batch_started(batch)
                 return batch
             self._in_batch = False
