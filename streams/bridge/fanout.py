@@ -39,11 +39,11 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faust_app import Settings
 from schemas import decode_event, to_json
 from streams.bridge.exceptions import BadCursor, CatchUpFailed
 from streams.catalog import TopicSpec, all_topics, ensure_topics
 from streams.kafka import admin_factory, consumer_factory
+from streams.settings import Settings
 from streams.skips import SkippedRecords
 
 __all__ = ["CUT", "Cursor", "Delivery", "FanOut", "Subscriber", "decode_record", "read_backlog"]

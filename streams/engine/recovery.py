@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faust_app import Settings
 from streams.engine.state import Table
 from streams.kafka import consumer_factory, high_watermarks, read_ranges
+from streams.settings import Settings
 
 if TYPE_CHECKING:
     from streams.engine.runner import AgentRunner

@@ -30,10 +30,10 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from faust_app import Settings
 from schemas import SchemaError, decode_event, encode_event
 from schemas.exceptions import DecodeError, EncodeError
 from streams.catalog import TopicSpec
+from streams.engine.context import AgentContext, Resources
 from streams.engine.outbox import Outbox
 from streams.engine.recovery import Recovery
 from streams.engine.state import Table
@@ -41,6 +41,7 @@ from streams.engine.stream import Batch, BatchStream, Record, dead_letter_messag
 from streams.exceptions import EventTooLarge, KeyMismatch, OutputTooLarge
 from streams.kafka import consumer_factory
 from streams.metrics import AgentMetrics
+from streams.settings import Settings
 
 __all__ = ["AgentRunner", "AgentSpec"]
 
@@ -61,8 +62,7 @@ _INFRASTRUCTURE_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 InvalidHandler = Callable[[Batch[Any], Record[Any], SchemaError], None]
-AssignedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
-RevokedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
+AgentFunction = Callable[[BatchStream[Any], Any], Awaitable[None]]
 
 
 @dataclass
@@ -71,12 +71,11 @@ class AgentSpec:
 
     name: str
     topic: TopicSpec
-    fn: Callable[[BatchStream[Any]], Awaitable[None]]
+    fn: AgentFunction
     tables: tuple[str, ...] = ()
+    context: type[AgentContext] = AgentContext
     on_invalid: InvalidHandler | None = None
-    on_assigned: AssignedHook | None = None
     tick_seconds: float | Callable[[Settings], float] | None = None
-    on_revoked: RevokedHook | None = None
     max_records: int | Callable[[Settings], int] | None = None
     fetch_wait_ms: int | Callable[[Settings], int] | None = None
     #: Back-pressure: at most this many records handed out with ``Batch.defer`` and not finished;
@@ -92,11 +91,14 @@ class AgentRunner:
 
     def __init__(
         self, spec: AgentSpec, settings: Settings, producer: AIOKafkaProducer,
-        live_producer: AIOKafkaProducer | None = None,
+        live_producer: AIOKafkaProducer | None = None, resources: Resources | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.settings = settings
+        self.resources = resources if resources is not None else Resources()
+        #: The context of the agent's current run (None between runs).
+        self.context: AgentContext | None = None
         self.producer = producer
         self.live_producer = live_producer or producer
         self.outbox = Outbox(producer)
@@ -173,7 +175,7 @@ class AgentRunner:
                 try:
                     if self.consumer is None:
                         await self._start_consumer()
-                    await self.spec.fn(BatchStream(self))
+                    await self._run_once()
                     logger.info("agent %s stopped", self.name)
                     return
                 except asyncio.CancelledError:
@@ -193,6 +195,19 @@ class AgentRunner:
                     backoff = min(backoff * 2, 30.0)
         finally:
             await self._cleanup()
+
+    async def _run_once(self) -> None:
+        """One run of the agent function, with a context of its own (see streams/engine/context.py)."""
+        context = self.spec.context.create(self.settings, self.resources)
+        self.context = context
+        try:
+            await self.spec.fn(BatchStream(self), context)
+        finally:
+            self.context = None
+            try:
+                await context.close()
+            except Exception:
+                logger.exception("agent %s: closing its context failed", self.name)
 
     async def _recover_from_crash(self, exc: Exception, backoff: float) -> tuple[float, bool]:
         """Decide what the crash says about the batch in flight; return (delay, consumer kept)."""
@@ -575,8 +590,8 @@ class AgentRunner:
             self._positions = {tp: o for tp, o in self._positions.items() if tp.partition not in partitions}
             self._committed = {tp: o for tp, o in self._committed.items() if tp.partition not in partitions}
             self._deferred = {tp: o for tp, o in self._deferred.items() if tp.partition not in partitions}
-            if partitions and self.spec.on_revoked is not None:
-                await self.spec.on_revoked(self, sorted(partitions))
+            if partitions and self.context is not None:
+                await self.context.revoked(sorted(partitions))
             if partitions:
                 logger.info("agent %s: partitions %s revoked", self.name, sorted(partitions))
 
@@ -592,11 +607,11 @@ class AgentRunner:
             if not still_assigned():
                 return
             self.assigned_partitions = sorted(set(self.assigned_partitions) | set(partitions))
-            if self.spec.on_assigned is not None:
+            if self.context is not None:
                 try:
-                    await self.spec.on_assigned(self, partitions)
+                    await self.context.assigned(partitions)
                 except Exception:
-                    logger.exception("agent %s: its on_assigned hook failed for partitions %s", self.name,
+                    logger.exception("agent %s: its context's assigned hook failed for partitions %s", self.name,
                                      partitions)
             logger.info("agent %s: ready on partitions %s", self.name, self.assigned_partitions)
             self.ready.set()

@@ -18,14 +18,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
-from faust_app import Settings
 from schemas import LockCommand, LockState, caused_by, decode_event, encode_event, new_event_id
 from streams.catalog import TopicSpec, ensure_topics
 from streams.dlq import parse_dlq_headers
-from streams.engine import AgentRunner, AgentSpec, Batch, BatchStream
+from streams.engine import AgentContext, AgentRunner, AgentSpec, Batch, BatchStream
 from streams.engine.dedupe import SEEN_TABLE
 from streams.engine.runner import REROUTED_FROM
 from streams.kafka import admin_factory, producer_factory
+from streams.settings import Settings
 from tests.support.stack import TopicReader, json_bytes, produce_raw, start_broker
 
 ADMIN = {"user": "root", "roles": ["admin"]}
@@ -36,7 +36,7 @@ def _command(tenant: str, reason: str = "ok", **fields: Any) -> LockCommand:
                                        "reason": reason, **ADMIN, **fields})
 
 
-async def _isolation_agent(stream: BatchStream[LockCommand]) -> None:
+async def _isolation_agent(stream: BatchStream[LockCommand], context: AgentContext) -> None:
     """Answers every command once; ``reason`` steers the failures (crash, fail, huge)."""
     async for batch in stream:
         for record in batch:

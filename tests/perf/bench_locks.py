@@ -51,9 +51,9 @@ from aiokafka.admin import NewTopic
 
 from agents.locks import LockPolicy, LockRecord, decide, rejected_key
 from connectors.broker import free_port
-from faust_app import settings as soma_settings
 from schemas import LockCommand, LockState, decode_event, encode_event
 from streams.catalog import LOCK_COMMANDS, LOCK_STATE, all_topics
+from streams.settings import Settings
 from tests.perf.common import (
     PARTITIONS,
     QUIX_PYTHON,
@@ -76,6 +76,8 @@ from tests.support.stack import (
     start_broker,
     start_redis_server,
 )
+
+soma_settings = Settings.from_env()
 
 TARGET_RATIO = 5.0
 NAIVE_INPUT = "naive.lock.commands"
@@ -206,12 +208,7 @@ class Expected:
 
 
 def reference(workload: Workload) -> Expected:
-    policy = LockPolicy(
-        admin_roles=frozenset(soma_settings.admin_roles),
-        admin_users=frozenset(soma_settings.admin_users),
-        default_ttl_seconds=soma_settings.lock_default_ttl_seconds,
-        max_ttl_seconds=soma_settings.lock_max_ttl_seconds,
-    )
+    policy = LockPolicy.from_settings(soma_settings)
     now = int(time.time() * 1000)
     final: dict[str, FinalState] = {}
     statuses: Counter[str] = Counter()
