@@ -192,3 +192,35 @@ def test_context_manager_starts_and_stops(child: ChildFactory) -> None:
 
     assert not process.running
     process.stop()  # stopping twice is harmless
+
+
+class SessionChild(Child):
+    own_session = True
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_child_in_its_own_session_is_stopped_with_its_helpers(children: list[Child], tmp_path: Path) -> None:
+    process = SessionChild(
+        "import subprocess, time; helper = subprocess.Popen(['sleep', '60']); print(f'helper {helper.pid} started'); "
+        "time.sleep(60)",
+        tmp_path / "session.log",
+    )
+    children.append(process)
+    process.start().wait_until_ready(20, line=" started")
+    helper = int(process.tail_log().split()[1])
+    assert _alive(helper)
+
+    process.stop()
+
+    deadline = time.monotonic() + 5
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(helper)
