@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["BrokerStartError", "ConnectorError", "DependencyUnavailable"]
+__all__ = ["BrokerStartError", "ConnectorError", "DependencyUnavailable", "ProcessStartError"]
 
 
 class ConnectorError(Exception):
     """Base of every connector error."""
 
 
-class BrokerStartError(ConnectorError):
+class ProcessStartError(ConnectorError):
+    """A child process (see connectors.process) exited while starting or was not ready by its deadline."""
+
+
+class BrokerStartError(ProcessStartError):
     """The embedded broker could not be started or did not answer in time."""
 
 
@@ -68,7 +72,7 @@ class TokenCountUnavailable(LLMError):
     """No tokenizer is reachable: neither the server's tokenize endpoint nor a local tokenizer."""
 
 
-class ModelServerError(ConnectorError):
+class ModelServerError(ProcessStartError):
     """The embedded model server could not be started (missing package or model, crash, timeout)."""
 
 
