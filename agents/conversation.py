@@ -81,9 +81,6 @@ __all__ = ["build_messages", "history_key", "memory_prompt", "trim_history"]
 logger = logging.getLogger(__name__)
 
 _CHARS_PER_TOKEN = 4
-#: How often the stream yields an empty batch, so that turns finished between records are made durable
-#: and committed promptly.
-_TICK_SECONDS = 0.05
 
 
 def history_key(turn: ConversationTurn) -> str:
@@ -234,7 +231,6 @@ def _reply_invalid(batch: Batch[ConversationTurn], record: Record[ConversationTu
     tables=("history", SEEN_TABLE),
     context=ConversationContext,
     on_invalid=_reply_invalid,
-    tick_seconds=_TICK_SECONDS,
     fetch_wait_ms=lambda settings: settings.turn_fetch_wait_ms,
     max_in_flight=lambda settings: settings.max_turns_in_flight,
 )

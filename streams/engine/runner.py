@@ -125,6 +125,9 @@ class AgentRunner:
         self._deferred: dict[TopicPartition, set[int]] = {}
         #: Deferred records reported done since the last batch was finished; released at the next one.
         self._finished: list[tuple[TopicPartition, int]] = []
+        #: Set when deferred work finishes: cuts the fetch wait short so that the next batch, which
+        #: commits it (and frees room under ``max_in_flight``), comes at once instead of after a tick.
+        self._wake = asyncio.Event()
         self._committed: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
         self._stopping = False
@@ -333,7 +336,7 @@ class AgentRunner:
             limit = self._room(consumer) if self.max_in_flight else self.max_records
             if self._suspect_ends:
                 limit = min(limit, self._narrow_records)
-            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
+            fetched = await self._fetch(consumer, wait_ms, limit)
             if self._stopping:
                 raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
             await self._lock.acquire()
@@ -343,11 +346,35 @@ class AgentRunner:
             if tick_due and tick:
                 self._next_tick = time.monotonic() + tick
                 batch.tick = True
-            if batch.records or batch.failed or len(self.outbox) or tick_due:
+            if batch.records or batch.failed or len(self.outbox) or tick_due or self._finished:
                 self.metrics.batch_started(batch)
                 return batch
             self._in_batch = False
             self._lock.release()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, wait_ms: int,
+                     limit: int) -> dict[TopicPartition, list[Any]]:
+        """``getmany``, returning early when deferred work finishes while it waits for records."""
+        if self._finished:
+            return await consumer.getmany(timeout_ms=0, max_records=limit)
+        if not self.deferred_count:
+            return await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
+        self._wake.clear()
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=limit))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({fetch, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not fetch.done():
+                fetch.cancel()  # safe: getmany takes records from its buffer only when it returns them
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled ourselves, not only the fetch
+            return {}
 
     def _room(self, consumer: AIOKafkaConsumer) -> int:
         """How many records to fetch under ``max_in_flight``; pauses the owned partitions while it is 0.
@@ -529,6 +556,7 @@ class AgentRunner:
             # Released only by the next finish_batch, after it has flushed what the work wrote before
             # calling this: a flush already in flight may not carry those writes.
             self._finished.append((tp, record.offset))
+            self._wake.set()
 
         return done
 
