@@ -10,8 +10,9 @@ from aiokafka import TopicPartition
 
 from faust_app import Settings
 from streams.catalog import LOCK_COMMANDS, USAGE_EVENTS
-from streams.engine.recovery import PartitionRestore, plan_restore, readiness, retry_delays
+from streams.engine.recovery import PartitionRestore, plan_restore, readiness
 from streams.engine.runner import AgentRunner, AgentSpec
+from streams.supervise import retry_delays
 
 CHANGELOG = "app.locks.seen.changelog"
 
