@@ -46,6 +46,7 @@ from streams.bridge.exceptions import BadCursor, CatchUpFailed
 from streams.catalog import TopicSpec, all_topics, ensure_topics
 from streams.kafka import RangeReadError, admin_factory, consumer_factory, read_ranges
 from streams.skips import SkippedRecords
+from streams.supervise import Restart, supervise
 
 __all__ = ["CUT", "Cursor", "Delivery", "FanOut", "Subscriber", "decode_record", "read_backlog"]
 
@@ -249,17 +250,26 @@ class FanOut:
     # -- the reader -----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self.consumer is not None
+        # A fetch that fails (the broker went away) is retried every second: a bridge serves live
+        # events, and a growing backoff would delay them long after the broker is back.
+        await supervise("fan-out reader", self._read, log=logger, on_failure=self._read_failed,
+                        first_delay=1.0, max_delay=1.0)
+
+    async def _read_failed(self, exc: Exception, backoff: float) -> Restart:
+        self.healthy = False
+        return Restart(backoff)
+
+    async def _read(self) -> None:
+        """Hand out records from the live positions on; a restart resumes exactly where the last run stopped."""
+        consumer = self.consumer
+        assert consumer is not None
+        for topic, positions in self.live.items():
+            for partition, position in positions.items():
+                # A run that failed between two slices of a fetch leaves the consumer past records not
+                # handed out yet; ``live`` is where handing out stopped.
+                consumer.seek(TopicPartition(topic, partition), position)
         while True:
-            try:
-                fetched = await self.consumer.getmany(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.healthy = False
-                logger.exception("fan-out fetch failed; retrying")
-                await asyncio.sleep(1)
-                continue
+            fetched = await consumer.getmany(timeout_ms=500)
             self.healthy = True
             self.last_fetch = time.monotonic()
             for tp, records in fetched.items():
