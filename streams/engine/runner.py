@@ -167,12 +167,12 @@ class AgentRunner:
         Failures of the broker or of a dependency restart the consumer with a backoff instead.
         """
         try:
-            await supervise(f"agent {self.name}", self._run_once, log=logger, on_failure=self._on_crash,
+            await supervise(f"agent {self.name}", self._start_and_run, log=logger, on_failure=self._on_crash,
                             on_restart=self._count_restart, stopping=lambda: self._stopping)
         finally:
             await self._cleanup()
 
-    async def _run_once(self) -> None:
+    async def _start_and_run(self) -> None:
         if self.consumer is None:
             await self._start_consumer()
         await self.spec.fn(BatchStream(self))
