@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from agents.exceptions import BudgetFileError
 from agents.pricing import load_table_file
+from streams.settings import UsageSettings
 
 __all__ = ["Budget", "Budgets", "Period", "crossed"]
 
@@ -61,7 +62,7 @@ class Budgets:
         return self.tenants.get(tenant, self.default)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Budgets:
+    def from_settings(cls, settings: UsageSettings) -> Budgets:
         """Budgets from the settings, with the file's entries when ``SOMA_BUDGETS_FILE`` is set."""
         monthly, daily = settings.budget_monthly_usd, settings.budget_daily_usd
         base = cls(  # (the settings admit inf; a budget must be an amount)

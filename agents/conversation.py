@@ -7,7 +7,8 @@ For each ConversationTurn on ``soma.conversation.turns`` (keyed by session) the 
    when the tenant's training lock is active and ``SOMA_TRAINING_MODE_POLICY=reject``;
 3. publishes ``started``, builds the prompt from the session's history (the ``history`` table, bounded
    by ``SOMA_HISTORY_MAX_TURNS`` and ``SOMA_HISTORY_MAX_TOKENS``) and, when the turn asks for ``memory``,
-   the tenant's most relevant chunks of that embedding collection (``agents.memory.retrieve``; they are
+   the tenant's most relevant chunks of that embedding collection (the worker's shared
+   :class:`agents.memory.Memory`; they are
    listed as ``sources`` of the answer), and streams the completion, publishing
    ``chunk`` events as text arrives — the first delta at once, later ones coalesced (a chunk at most
    every ``SOMA_CHUNK_INTERVAL_MS`` or ``SOMA_CHUNK_MAX_DELTAS`` deltas) so consumers aren't flooded;
@@ -45,12 +46,12 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlparse
 
 from agents.exceptions import TurnRefused
-from agents.memory import retrieve
+from agents.memory import shared_memory
 from agents.pricing import PriceTable
 from agents.slots import FairSlots
 from connectors.circuit import CircuitBreaker
@@ -69,9 +70,10 @@ from schemas import (
 )
 from schemas.conversation import TokenUsage, TurnEventType
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, LOCK_STATE, USAGE_EVENTS
-from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.engine import AgentContext, Batch, BatchStream, Record, Resources, agent
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
 from streams.metrics import track_breaker
+from streams.settings import Settings
 from streams.views import TopicView
 
 __all__ = ["build_messages", "history_key", "memory_prompt", "trim_history"]
@@ -79,9 +81,6 @@ __all__ = ["build_messages", "history_key", "memory_prompt", "trim_history"]
 logger = logging.getLogger(__name__)
 
 _CHARS_PER_TOKEN = 4
-#: How often the stream yields an empty batch, so that turns finished between records are made durable
-#: and committed promptly.
-_TICK_SECONDS = 0.05
 
 
 def history_key(turn: ConversationTurn) -> str:
@@ -131,42 +130,40 @@ def _lock_is_current(key: str) -> bool:
     return "#" not in key  # '<tenant>#rejected' records are refusals, not states
 
 
-@dataclass
-class _ConversationState:
-    """Per-process objects of the agent, created on its first batch (they need the running loop)."""
+class ConversationContext(AgentContext):
+    """What one run of the conversation agent holds: the chat client, the lock view, slots and tasks."""
 
-    settings: Any
-    client: ChatClient
-    prices: PriceTable
-    locks: TopicView[LockState]
-    provider: str
-    slots: FairSlots
-    seen: SeenIds
-    #: The last task of each session: the next turn of that session waits for it.
-    sessions: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    #: Running tasks by input partition, to cancel them when the partition is revoked.
-    by_partition: dict[int, set[asyncio.Task[None]]] = field(default_factory=dict)
-    in_flight: set[str] = field(default_factory=set)
-
-    @classmethod
-    def create(cls, settings: Any) -> _ConversationState:
+    def __init__(self, settings: Settings, resources: Resources) -> None:
+        super().__init__(settings, resources)
         breaker = track_breaker(CircuitBreaker(
             "llm", failure_threshold=settings.llm_circuit_failures, reset_timeout=settings.llm_circuit_reset_seconds
         ))
         local_tokenizer = local_tokenizer_for_model(settings.openai_model)
-        client = ChatClient(
+        self.client = ChatClient(
             settings.llm_base_url, settings.openai_api_key, settings.openai_model,
             timeout=settings.llm_timeout_seconds, max_retries=settings.llm_max_retries, breaker=breaker,
             prompt_renderer=prompt_renderer_for_model(settings.openai_model),
             local_tokenizer=local_tokenizer, server_tokenizer=False if local_tokenizer is not None else None,
         )
-        provider = settings.llm_provider or (
+        self.provider = settings.llm_provider or (
             "llama.cpp" if settings.uses_embedded_model else urlparse(settings.llm_base_url).hostname or "openai"
         )
-        locks: TopicView[LockState] = TopicView(settings, LOCK_STATE, keep=_lock_is_current)
-        locks.start()
-        return cls(settings, client, PriceTable.load(settings.prices_file), locks, provider,
-                   FairSlots(settings.max_concurrent_turns), SeenIds(settings.dedupe_ttl_seconds * 1000))
+        self.prices = PriceTable.load(settings.prices_file)
+        self.locks: TopicView[LockState] = TopicView(settings, LOCK_STATE, keep=_lock_is_current)
+        self.locks.start()
+        self.slots = FairSlots(settings.max_concurrent_turns)
+        self.seen = SeenIds(settings.dedupe_ttl_seconds * 1000)
+        #: The last task of each session: the next turn of that session waits for it.
+        self.sessions: dict[str, asyncio.Task[None]] = {}
+        #: Running tasks by input partition, to cancel them when the partition is revoked.
+        self.by_partition: dict[int, set[asyncio.Task[None]]] = {}
+        self.in_flight: set[str] = set()
+
+    async def retrieve(self, turn: ConversationTurn) -> list[Hit]:
+        """The tenant's chunks most relevant to the turn's prompt, from the process's shared memory."""
+        assert turn.memory is not None
+        return await shared_memory(self).retrieve(turn.tenant, turn.memory.collection, turn.prompt,
+                                                  turn.memory.top_k)
 
     def active_lock(self, tenant: str, now_ms: int) -> LockState | None:
         state = self.locks.get(tenant)
@@ -197,20 +194,13 @@ class _ConversationState:
             await asyncio.gather(*tasks, return_exceptions=True)
             logger.info("cancelled %d unfinished turns (their records are replayed by the next owner)", len(tasks))
 
+    async def revoked(self, partitions: list[int]) -> None:
+        await self.cancel(partitions)
+
     async def close(self) -> None:
         await self.cancel()
         await self.locks.stop()
         await self.client.close()
-
-
-_state: _ConversationState | None = None
-
-
-def _agent_state(settings: Any) -> _ConversationState:
-    global _state
-    if _state is None:
-        _state = _ConversationState.create(settings)
-    return _state
 
 
 def _turn_event(turn: ConversationTurn, type_: TurnEventType, **fields: Any) -> TurnEvent:
@@ -235,47 +225,35 @@ def _reply_invalid(batch: Batch[ConversationTurn], record: Record[ConversationTu
     batch.emit(CONVERSATION_EVENTS.name, session, event)
 
 
-async def _on_revoked(runner: AgentRunner, partitions: list[int]) -> None:
-    if _state is not None:
-        await _state.cancel(partitions)
-
-
 @agent(
     "conversation",
     topic=CONVERSATION_TURNS,
     tables=("history", SEEN_TABLE),
+    context=ConversationContext,
     on_invalid=_reply_invalid,
-    on_revoked=_on_revoked,
-    tick_seconds=_TICK_SECONDS,
     fetch_wait_ms=lambda settings: settings.turn_fetch_wait_ms,
     max_in_flight=lambda settings: settings.max_turns_in_flight,
 )
-async def conversation_agent(stream: BatchStream[ConversationTurn]) -> None:
+async def conversation_agent(stream: BatchStream[ConversationTurn], state: ConversationContext) -> None:
     """Start a task per turn; the stream commits each turn's offset once its task is done."""
-    global _state
-    state = _agent_state(stream.settings)
-    try:
-        await _wait_for_lock_state(state)
-        async for batch in stream:
-            accepted: list[tuple[Record[ConversationTurn], bool]] = []
-            for record in batch:
-                with batch.guard(record, on_error=_failed_reply(batch)):
-                    training_mode = _accept(batch, record, state)
-                    if training_mode is not None:
-                        accepted.append((record, training_mode))
-            # Every accepted turn is announced before any of them starts its (CPU-heavy) model request.
-            for record, training_mode in accepted:
-                await batch.publish(CONVERSATION_EVENTS.name, record.event.session_id,
-                                    _turn_event(record.event, "started", training_mode=training_mode))
-            for record, training_mode in accepted:
-                _spawn(batch, record, state, training_mode)
-            state.seen.sweep(batch)
-    finally:
-        _state = None
-        await state.close()
+    await _wait_for_lock_state(state)
+    async for batch in stream:
+        accepted: list[tuple[Record[ConversationTurn], bool]] = []
+        for record in batch:
+            with batch.guard(record, on_error=_failed_reply(batch)):
+                training_mode = _accept(batch, record, state)
+                if training_mode is not None:
+                    accepted.append((record, training_mode))
+        # Every accepted turn is announced before any of them starts its (CPU-heavy) model request.
+        for record, training_mode in accepted:
+            await batch.publish(CONVERSATION_EVENTS.name, record.event.session_id,
+                                _turn_event(record.event, "started", training_mode=training_mode))
+        for record, training_mode in accepted:
+            _spawn(batch, record, state, training_mode)
+        state.seen.sweep(batch)
 
 
-async def _wait_for_lock_state(state: _ConversationState) -> None:
+async def _wait_for_lock_state(state: ConversationContext) -> None:
     """Let the lock view reach the topic's end before the first turn (bounded; see the module docstring)."""
     wait = state.settings.training_state_wait_seconds
     started = time.monotonic()
@@ -296,7 +274,8 @@ def _failed_reply(batch: Batch[ConversationTurn]) -> Callable[[Record[Conversati
     return reply
 
 
-def _accept(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState) -> bool | None:
+def _accept(batch: Batch[ConversationTurn], record: Record[ConversationTurn],
+            state: ConversationContext) -> bool | None:
     """Whether to answer the turn: ``None`` for a duplicate, else whether training mode applies.
 
     Raises :class:`TurnRefused` for a turn refused by a limit or the training-mode policy.
@@ -322,7 +301,7 @@ def _accept(batch: Batch[ConversationTurn], record: Record[ConversationTurn], st
     return lock is not None
 
 
-def _spawn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
+def _spawn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: ConversationContext,
            training_mode: bool) -> None:
     """Answer the turn in a task of its own, after the session's previous turn."""
     session = history_key(record.event)
@@ -333,7 +312,7 @@ def _spawn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], sta
     state.track(record.partition, session, task)
 
 
-async def _run_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
+async def _run_turn(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: ConversationContext,
                     previous: asyncio.Task[None] | None, done: Callable[[], None], training_mode: bool) -> None:
     turn = record.event
     progress = _Progress(asyncio.timeout(state.settings.turn_timeout_seconds))
@@ -383,7 +362,7 @@ class _Progress:
         self.deadline.reschedule(None)
 
 
-async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: _ConversationState,
+async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTurn], state: ConversationContext,
                   training_mode: bool, progress: _Progress) -> None:
     turn = record.event
     settings = state.settings
@@ -397,7 +376,7 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     system_prompt = settings.system_prompt
     if turn.memory is not None:
         progress.phase = "retrieving memory"
-        hits = await retrieve(turn.tenant, turn.memory.collection, turn.prompt, turn.memory.top_k)
+        hits = await state.retrieve(turn)
         system_prompt = memory_prompt(settings.system_prompt, hits)
         sources = [Source(collection=turn.memory.collection, doc_id=hit.doc_id, chunk=hit.chunk, score=hit.score)
                    for hit in hits]
@@ -448,7 +427,7 @@ async def _answer(batch: Batch[ConversationTurn], record: Record[ConversationTur
     state.seen.add(batch, turn.event_id, record.partition)
 
 
-def _usage_event(turn: ConversationTurn, state: _ConversationState, result: ChatResult, usage: TokenUsage,
+def _usage_event(turn: ConversationTurn, state: ConversationContext, result: ChatResult, usage: TokenUsage,
                  cost: float | None) -> UsageEvent:
     return UsageEvent(
         **caused_by(turn), event_id=derived_event_id(turn.event_id, "usage:chat"),

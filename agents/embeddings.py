@@ -45,8 +45,9 @@ from agents.memory import JobPlan, Memory, shared_memory
 from connectors.exceptions import ConnectorError, EmbeddingsRequestError
 from schemas import EmbeddingJob, EmbeddingResult, Hit, SchemaError, UsageEvent, caused_by, derived_event_id
 from streams.catalog import EMBEDDING_JOBS, EMBEDDING_RESULTS, USAGE_EVENTS
-from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.engine import AgentContext, Batch, BatchStream, Record, Resources, agent
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
+from streams.settings import Settings
 
 __all__ = ["embedding_agent", "failure_reason"]
 
@@ -73,23 +74,14 @@ class _Work:
         return self.plan.job
 
 
-class _AgentState:
-    """Per-process objects of the agent, created on its first batch or assignment."""
+class EmbeddingContext(AgentContext):
+    """What one run of the embedding agent holds: the process's memory and the dedupe ids."""
 
-    def __init__(self, settings: Any) -> None:
-        self.memory: Memory = shared_memory(settings)
+    def __init__(self, settings: Settings, resources: Resources) -> None:
+        super().__init__(settings, resources)
+        self.memory: Memory = shared_memory(self)
         self.seen = SeenIds(settings.dedupe_ttl_seconds * 1000)
         self.duplicates = 0
-
-
-_state: _AgentState | None = None
-
-
-def _agent_state(settings: Any) -> _AgentState:
-    global _state
-    if _state is None:
-        _state = _AgentState(settings)
-    return _state
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -99,15 +91,6 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectorError):
         return str(exc)
     return f"internal error: {type(exc).__name__}: {exc}"
-
-
-async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
-    try:
-        _agent_state(runner.settings)
-    except Exception as exc:
-        # A misconfiguration (e.g. the local model is not installed): the agent itself raises it on its
-        # first batch and is restarted with a backoff; jobs wait in the topic until it is fixed.
-        logger.error("embedding agent cannot start: %s", failure_reason(exc))
 
 
 def _reply_invalid(batch: Batch[EmbeddingJob], record: Record[EmbeddingJob], error: SchemaError) -> None:
@@ -129,20 +112,17 @@ def _reply_invalid(batch: Batch[EmbeddingJob], record: Record[EmbeddingJob], err
     "embeddings",
     topic=EMBEDDING_JOBS,
     tables=(SEEN_TABLE,),
+    context=EmbeddingContext,
     on_invalid=_reply_invalid,
-    on_assigned=_on_assigned,
     max_records=lambda settings: settings.embeddings_max_jobs_per_batch,
 )
-async def embedding_agent(stream: BatchStream[EmbeddingJob]) -> None:
+async def embedding_agent(stream: BatchStream[EmbeddingJob], state: EmbeddingContext) -> None:
     """Plan, embed (across jobs) and apply each batch of embedding jobs; answer every job."""
-    state = _agent_state(stream.settings)
     async for batch in stream:
         await process_batch(batch, state)
-    # A normal stop (worker shutdown): release Qdrant local mode's lock now, not in a destructor at exit.
-    await state.memory.close()
 
 
-async def process_batch(batch: Batch[EmbeddingJob], state: _AgentState) -> None:
+async def process_batch(batch: Batch[EmbeddingJob], state: EmbeddingContext) -> None:
     started = time.perf_counter()
     memory = state.memory
     works: list[_Work] = []

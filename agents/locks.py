@@ -37,8 +37,9 @@ from connectors.exceptions import DependencyUnavailable
 from connectors.redis import RedisConnector
 from schemas import LockCommand, LockState, SchemaError, caused_by, derived_event_id, to_json_dict
 from streams.catalog import LOCK_COMMANDS, LOCK_STATE
-from streams.engine import AgentRunner, Batch, BatchStream, Record, agent
+from streams.engine import AgentContext, Batch, BatchStream, Record, Resources, agent
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
+from streams.settings import LockSettings, Settings
 
 __all__ = ["LockPolicy", "LockRecord", "Outcome", "decide", "expire", "redis_key", "rejected_key"]
 
@@ -61,6 +62,12 @@ class LockPolicy:
     admin_users: frozenset[str]
     default_ttl_seconds: int
     max_ttl_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: LockSettings) -> LockPolicy:
+        return cls(admin_roles=frozenset(settings.admin_roles), admin_users=frozenset(settings.admin_users),
+                   default_ttl_seconds=settings.lock_default_ttl_seconds,
+                   max_ttl_seconds=settings.lock_max_ttl_seconds)
 
     def is_admin(self, user: str, roles: list[str]) -> bool:
         return user in self.admin_users or not self.admin_roles.isdisjoint(roles)
@@ -295,30 +302,22 @@ class RedisMirror:
 # -- the agent ----------------------------------------------------------------------------------------
 
 
-class _LockAgentState:
-    """Per-process objects of the agent, created on its first batch (they need the running loop)."""
+class LockContext(AgentContext):
+    """What one run of the lock agent holds: the policy, the dedupe ids and the Redis mirror."""
 
-    def __init__(self, settings: Any) -> None:
-        self.policy = LockPolicy(
-            admin_roles=frozenset(settings.admin_roles),
-            admin_users=frozenset(settings.admin_users),
-            default_ttl_seconds=settings.lock_default_ttl_seconds,
-            max_ttl_seconds=settings.lock_max_ttl_seconds,
-        )
+    def __init__(self, settings: Settings, resources: Resources) -> None:
+        super().__init__(settings, resources)
+        self.policy = LockPolicy.from_settings(settings)
         self.seen = SeenIds(settings.dedupe_ttl_seconds * 1000)
         self.mirror = RedisMirror(RedisConnector(settings.redis_url, timeout=settings.redis_timeout_seconds),
                                   app_id=settings.app_id)
         self.duplicates = 0
 
+    async def assigned(self, partitions: list[int]) -> None:
+        self.mirror.out_of_sync = True  # the next tick rewrites what we own
 
-_state: _LockAgentState | None = None
-
-
-def _agent_state(settings: Any) -> _LockAgentState:
-    global _state
-    if _state is None:
-        _state = _LockAgentState(settings)
-    return _state
+    async def close(self) -> None:
+        await self.mirror.connector.close()
 
 
 def _reply_invalid(batch: Batch[LockCommand], record: Record[LockCommand], error: SchemaError) -> None:
@@ -336,21 +335,16 @@ def _reply_invalid(batch: Batch[LockCommand], record: Record[LockCommand], error
     batch.emit(LOCK_STATE.name, rejected_key(tenant), event)
 
 
-async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
-    _agent_state(runner.settings).mirror.out_of_sync = True  # the next tick rewrites what we own
-
-
 @agent(
     "locks",
     topic=LOCK_COMMANDS,
     tables=("locks", SEEN_TABLE),
+    context=LockContext,
     on_invalid=_reply_invalid,
-    on_assigned=_on_assigned,
     tick_seconds=lambda settings: settings.lock_expiry_check_seconds,
 )
-async def lock_agent(stream: BatchStream[LockCommand]) -> None:
+async def lock_agent(stream: BatchStream[LockCommand], state: LockContext) -> None:
     """Answer lock commands, expire locks whose TTL passed, mirror the state to Redis."""
-    state = _agent_state(stream.settings)
     async for batch in stream:
         locks = batch.table("locks")
         now = batch.now_ms
@@ -368,7 +362,7 @@ async def lock_agent(stream: BatchStream[LockCommand]) -> None:
             await state.mirror.resync(_snapshot(locks, batch.partitions, now), batch.partitions)
 
 
-def _handle(batch: Batch[LockCommand], record: Record[LockCommand], state: _LockAgentState, now: int) -> None:
+def _handle(batch: Batch[LockCommand], record: Record[LockCommand], state: LockContext, now: int) -> None:
     command = record.event
     partition = record.partition
     locks = batch.table("locks")
@@ -394,7 +388,7 @@ def _handle(batch: Batch[LockCommand], record: Record[LockCommand], state: _Lock
     batch.emit(LOCK_STATE.name, key, event)
 
 
-def _publish_change(batch: Batch[LockCommand], state: _LockAgentState, tenant: str, record: LockRecord,
+def _publish_change(batch: Batch[LockCommand], state: LockContext, tenant: str, record: LockRecord,
                     action: str, detail: str, partition: int, now: int, cause: LockCommand | None = None) -> None:
     batch.table("locks").set(tenant, asdict(record), partition)
     event = state_event(tenant, record, record.status, action, detail, cause=cause)
@@ -402,7 +396,7 @@ def _publish_change(batch: Batch[LockCommand], state: _LockAgentState, tenant: s
     state.mirror.mark(tenant, event, record.seconds_left(now))
 
 
-def _expire_due(batch: Batch[LockCommand], state: _LockAgentState, now: int) -> None:
+def _expire_due(batch: Batch[LockCommand], state: LockContext, now: int) -> None:
     if not batch.tick:
         return
     locks = batch.table("locks")

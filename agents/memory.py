@@ -3,8 +3,7 @@
 This module holds the rules the embedding agent applies (:class:`Memory`) and the retrieval the
 conversation agent calls::
 
-    from agents.memory import retrieve
-    hits = await retrieve(turn.tenant, turn.memory.collection, turn.prompt, turn.memory.top_k)
+    hits = await shared_memory(context).retrieve(tenant, collection, query, top_k)
     # -> list[schemas.Hit]: doc_id, chunk, score (cosine similarity, best first), text, metadata
 
 Both agents run in the same worker process and share one :class:`Memory` (:func:`shared_memory`):
@@ -51,6 +50,8 @@ from agents.exceptions import JobRejected
 from connectors.embeddings import Embedder, make_embedder
 from connectors.vectors import VectorStore
 from schemas import EmbeddingJob, Hit
+from streams.engine.context import AgentContext
+from streams.settings import Settings
 
 __all__ = [
     "COLLECTION_PATTERN",
@@ -61,7 +62,6 @@ __all__ = [
     "memory_from_settings",
     "parse_filter",
     "point_id",
-    "retrieve",
     "shared_memory",
 ]
 
@@ -322,7 +322,7 @@ class Memory:
         await self.store.close()
 
 
-def memory_from_settings(settings: Any) -> Memory:
+def memory_from_settings(settings: Settings) -> Memory:
     """A :class:`Memory` as the settings describe it (backend, model, Qdrant server or local path)."""
     embedder = make_embedder(
         settings.embeddings_backend,
@@ -345,23 +345,7 @@ def memory_from_settings(settings: Any) -> Memory:
     )
 
 
-_shared: Memory | None = None
-
-
-def shared_memory(settings: Any = None) -> Memory:
-    """The process-wide :class:`Memory` (created from ``settings``, default the app's, on first call)."""
-    global _shared
-    if _shared is None:
-        if settings is None:
-            from faust_app import settings as app_settings
-
-            settings = app_settings
-        _shared = memory_from_settings(settings)
-    return _shared
-
-
-async def retrieve(tenant: str, collection: str, query: str, top_k: int, *,
-                   filter: dict[str, Any] | None = None, score_threshold: float | None = None) -> list[Hit]:
-    """Memory retrieval for conversation turns: :meth:`Memory.retrieve` on the process-wide memory."""
-    return await shared_memory().retrieve(tenant, collection, query, top_k, filter=filter,
-                                          score_threshold=score_threshold)
+def shared_memory(context: AgentContext) -> Memory:
+    """The worker process's :class:`Memory`, shared by every agent (Qdrant local mode allows one client per
+    directory); the engine closes it when it stops, releasing local mode's lock."""
+    return context.resources.get("memory", lambda: memory_from_settings(context.settings))

@@ -69,7 +69,9 @@ from agents.pricing import PriceTable
 from schemas import UsageEvent, UsageReport
 from streams import metrics
 from streams.catalog import USAGE_EVENTS, USAGE_REPORTS
-from streams.engine import AgentRunner, BatchStream, Table, agent
+from streams.engine import AgentContext, AgentRunner, BatchStream, Resources, Table, agent
+from streams.engine.registry import running_agent
+from streams.settings import Settings
 from streams.web import page, partition_for
 
 __all__ = [
@@ -284,7 +286,7 @@ class UsageConfig:
     history_hours: int = 336
 
     @classmethod
-    def from_settings(cls, settings: Any) -> UsageConfig:
+    def from_settings(cls, settings: Settings) -> UsageConfig:
         return cls(
             grace_ms=settings.usage_grace_seconds * 1000,
             idle_close_ms=int(settings.usage_idle_close_seconds * 1000),
@@ -734,44 +736,28 @@ def _summary(report: UsageReport) -> dict[str, Any]:
 # -- the agent ----------------------------------------------------------------------------------------
 
 
-class _UsageAgentState:
-    """Per-process objects of the agent, built on its first use from the settings."""
+class UsageContext(AgentContext):
+    """What one run of the usage agent holds: the accountant (rules, prices, budgets) and its sweep clock."""
 
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, resources: Resources) -> None:
+        super().__init__(settings, resources)
         self.accountant = UsageAccountant(
             UsageConfig.from_settings(settings),
             PriceTable.load(settings.prices_file),
             Budgets.from_settings(settings),
         )
-        self.runner: AgentRunner | None = None
         self.next_sweep_ms = 0
-
-
-_state: _UsageAgentState | None = None
-
-
-def agent_state(settings: Any) -> _UsageAgentState:
-    global _state
-    if _state is None:
-        _state = _UsageAgentState(settings)
-    return _state
-
-
-async def _on_assigned(runner: AgentRunner, partitions: list[int]) -> None:
-    agent_state(runner.settings).runner = runner
 
 
 @agent(
     "usage",
     topic=USAGE_EVENTS,
     tables=TABLES,
-    on_assigned=_on_assigned,
+    context=UsageContext,
     tick_seconds=lambda settings: settings.usage_tick_seconds,
 )
-async def usage_agent(stream: BatchStream[UsageEvent]) -> None:
+async def usage_agent(stream: BatchStream[UsageEvent], state: UsageContext) -> None:
     """Account usage events into windows; report rollups, forecasts and budget alerts."""
-    state = agent_state(stream.settings)
     accountant = state.accountant
     async for batch in stream:
         now = batch.now_ms
@@ -834,7 +820,8 @@ def tenant_usage(runner: AgentRunner | None, tenant: str) -> tuple[int, dict[str
     the other workers). 503: the agent is not running or still restoring its tables.
     """
     consumer = runner.consumer if runner is not None else None
-    if runner is None or consumer is None:
+    context = runner.context if runner is not None else None
+    if runner is None or consumer is None or not isinstance(context, UsageContext):
         return 503, {"error": "the usage agent is not running on this worker (yet); retry shortly"}
     count = len(consumer.partitions_for_topic(USAGE_EVENTS.name) or ())
     if not count:
@@ -867,8 +854,8 @@ def tenant_usage(runner: AgentRunner | None, tenant: str) -> tuple[int, dict[str
             })
         open_windows.append({"window": size, "window_start": _iso(start), "window_end": _iso(start + SIZES[size]),
                              "groups": rows})
-    state = agent_state(runner.settings)
-    budget = state.accountant.budgets.for_tenant(tenant)
+    budgets = context.accountant.budgets
+    budget = budgets.for_tenant(tenant)
     return 200, {
         "tenant": tenant,
         "partition": partition,
@@ -880,21 +867,21 @@ def tenant_usage(runner: AgentRunner | None, tenant: str) -> tuple[int, dict[str
         "open_windows": open_windows,
         "spend": {key: value for key, value in row["spend"].items()},
         "budget": {"monthly_usd": budget.monthly_usd, "daily_usd": budget.daily_usd,
-                   "thresholds": list(state.accountant.budgets.thresholds)},
+                   "thresholds": list(budgets.thresholds)},
     }
 
 
 @page("/usage/{tenant}")
 async def usage_view(self: Any, request: Any, tenant: str) -> Any:
     """The latest rollups and forecast of one tenant, from the worker that owns its partition."""
-    status, body = tenant_usage(_state.runner if _state is not None else None, tenant)
+    status, body = tenant_usage(running_agent("usage"), tenant)
     return self.json(body, status=status)
 
 
 @page("/usage")
 async def usage_index(self: Any, request: Any) -> Any:
     """The tenants this worker holds usage for, and its partitions (to find the owner of a tenant)."""
-    runner = _state.runner if _state is not None else None
+    runner = running_agent("usage")
     if runner is None or runner.consumer is None:
         return self.json({"error": "the usage agent is not running on this worker (yet)"}, status=503)
     tenants: list[str] = []

@@ -8,11 +8,12 @@
   (``asyncio.to_thread``): the event loop — consumer heartbeats, other agents — keeps running while it
   computes. One model call at a time (a lock): two concurrent calls would only split the same cores.
 * :class:`OpenAIEmbedder` calls any OpenAI-compatible ``POST /v1/embeddings`` (OpenAI, vLLM, llama.cpp,
-  text-embeddings-inference ...) with the ``openai`` package. Its failure policy is the one of
-  :mod:`connectors.llm`: the SDK's own retries are off; tenacity retries connection errors, timeouts,
-  408/409/429 and 5xx with exponential backoff and jitter (honouring ``Retry-After``); a circuit breaker
-  counts failed requests (one request = all its retries) and, once open, fails calls at once. A 4xx
-  rejection raises :class:`EmbeddingsRequestError` and does not count against the server.
+  text-embeddings-inference ...) with the ``openai`` package. It is a
+  :class:`~connectors.base.OpenAICompatible` connector like :mod:`connectors.llm`, with its failure
+  policy: the SDK's own retries are off; connection errors, timeouts, 408/409/429 and 5xx are retried
+  with exponential backoff and jitter (honouring ``Retry-After``); a circuit breaker counts failed
+  requests (one request = all its retries) and, once open, fails calls at once. A 4xx rejection
+  raises :class:`EmbeddingsRequestError` and does not count against the server.
 
 Both split their input into batches of ``batch_size`` texts (one model call / one request each), so a
 caller may hand over the texts of many jobs at once. :meth:`Embedder.embed` returns one vector and one
@@ -37,20 +38,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Unpack
 
 import openai
-from openai import AsyncOpenAI
-from tenacity import RetryCallState
 
-from connectors.circuit import CircuitBreaker
+from connectors.base import OpenAICompatible, ServerOptions
 from connectors.exceptions import (
     EmbeddingModelError,
     EmbeddingsRequestError,
     EmbeddingsUnavailable,
 )
-from connectors.llm import is_transient
-from connectors.retry import backoff_policy
 
 __all__ = [
     "PACKAGED_MODEL",
@@ -191,7 +188,7 @@ class LocalEmbedder:
     # -- loading ----------------------------------------------------------------------------------
 
     def load(self) -> Any:
-        """Load the model (blocking; ~10 s the first time in a process, most of it importing torch)."""
+        """Load the model (blocking, and slow the first time in a process: most of it is importing torch)."""
         with self._load_lock:
             if self._model is not None:
                 return self._model
@@ -270,16 +267,20 @@ class LocalEmbedder:
 # -- OpenAI-compatible endpoint -------------------------------------------------------------------
 
 
-class OpenAIEmbedder:
+class OpenAIEmbedder(OpenAICompatible):
     """``POST /v1/embeddings`` of an OpenAI-compatible server, with retries and a circuit breaker.
 
-    ``timeout`` bounds one request's wait for the response, ``connect_timeout`` opening the
-    connection. ``max_retries`` retries follow the first attempt. ``dimensions`` is sent when given
-    (models that can shorten their vectors, e.g. text-embedding-3-*).
+    ``timeout`` bounds one request's wait for the response; ``options`` are the connection and retry
+    options (:class:`~connectors.base.ServerOptions`: ``connect_timeout``, ``max_retries``, ...).
+    ``dimensions`` is sent when given (models that can shorten their vectors, e.g. text-embedding-3-*).
     """
 
     provider = "openai"
     distance: Distance = "cosine"
+    label_prefix = "embeddings endpoint"
+    breaker_prefix = "embeddings"
+    unavailable_error = EmbeddingsUnavailable
+    request_error = EmbeddingsRequestError
 
     def __init__(
         self,
@@ -289,35 +290,17 @@ class OpenAIEmbedder:
         *,
         batch_size: int = 64,
         timeout: float = 30.0,
-        connect_timeout: float = 5.0,
-        max_retries: int = 3,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 8.0,
-        max_retry_after: float = 30.0,
-        breaker: CircuitBreaker | None = None,
         dimensions: int | None = None,
+        **options: Unpack[ServerOptions],
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, timeout=timeout, **options)
         self.model = model
         self.batch_size = batch_size
-        self.max_retries = max_retries
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.max_retry_after = max_retry_after
         self.dimensions = dimensions
-        self.breaker = breaker or CircuitBreaker(f"embeddings {self.base_url}")
         self._dimension: int | None = dimensions
         self._usage_missing_logged = False
-        self._client = AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or "no-key",
-            timeout=openai.Timeout(timeout, connect=connect_timeout),
-            max_retries=0,  # our tenacity policy, not the SDK's hidden one
-        )
 
     async def dimension(self) -> int:
         if self._dimension is None:
@@ -339,51 +322,21 @@ class OpenAIEmbedder:
 
     async def _request(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
         """One request (with its retries) for one batch, guarded by the breaker."""
-        self.breaker.before_call()
-        outcome: BaseException | None = None
-        try:
-            return await self._request_with_retries(texts)
-        except BaseException as exc:
-            outcome = exc
-            raise
-        finally:
-            if outcome is None or isinstance(outcome, EmbeddingsRequestError):
-                self.breaker.record_success()  # a rejected request still proves the server answers
-            elif isinstance(outcome, Exception):
-                self.breaker.record_failure(outcome)
-            else:
-                self.breaker.release()
-
-    async def _request_with_retries(self, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
-        retrying = backoff_policy(
-            attempts=self.max_retries + 1, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
-            retry_on=is_transient, before_sleep=self._log_retry, max_retry_after=self.max_retry_after,
-        )
-        attempts = 0
         extra: dict[str, Any] = {"dimensions": self.dimensions} if self.dimensions else {}
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    response = await self._client.embeddings.create(
-                        model=self.model, input=list(texts), encoding_format="float", **extra
-                    )
-        except openai.APIStatusError as exc:
-            if is_transient(exc):
-                raise self._unavailable(exc, attempts) from exc
-            raise EmbeddingsRequestError(
-                f"embeddings endpoint {self.base_url} rejected the request with HTTP {exc.status_code}: "
-                f"{exc.message}",
-                status_code=exc.status_code,
-            ) from exc
-        except openai.OpenAIError as exc:
-            raise self._unavailable(exc, attempts) from exc
-        except ValueError as exc:  # the SDK's json.loads of a body that is not JSON (a proxy's error page)
-            raise EmbeddingsUnavailable(
-                f"embeddings endpoint {self.base_url} answered with something that is not an embeddings "
-                f"response (not JSON: {exc})"
-            ) from exc
-        return self._parse(response, texts)
+        with self.guarded():
+            response, _ = await self.retried(lambda: self._client.embeddings.create(
+                model=self.model, input=list(texts), encoding_format="float", **extra
+            ))
+            return self._parse(response, texts)
+
+    def map_error(self, exc: Exception, attempts: int) -> Exception:
+        mapped = super().map_error(exc, attempts)
+        if mapped is exc and isinstance(exc, ValueError):
+            # The SDK's json.loads of a body that is not JSON (a proxy's error page).
+            return EmbeddingsUnavailable(
+                f"{self.label} answered with something that is not an embeddings response (not JSON: {exc})"
+            )
+        return mapped
 
     def _parse(self, response: Any, texts: Sequence[str]) -> tuple[list[list[float]], list[int] | None]:
         """The vectors and token shares of a response, checked: anything else is EmbeddingsUnavailable.
@@ -438,19 +391,6 @@ class OpenAIEmbedder:
             return vectors, None
         return vectors, share_tokens(prompt_tokens, texts)
 
-    def _unavailable(self, exc: BaseException, attempts: int) -> EmbeddingsUnavailable:
-        return EmbeddingsUnavailable(
-            f"embeddings endpoint {self.base_url} unavailable after {attempts} attempt"
-            f"{'s' if attempts != 1 else ''}: {type(exc).__name__}: {exc}"
-        )
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.warning("embeddings request to %s failed (attempt %d): %s: %s; retrying in %.2f s",
-                       self.base_url, state.attempt_number, type(error).__name__, error, wait)
-
     async def health(self) -> bool:
         """True when the endpoint embeds a probe text (a real request; the breaker is not consulted)."""
         try:
@@ -459,9 +399,6 @@ class OpenAIEmbedder:
             logger.debug("embeddings health check of %s failed: %s", self.base_url, exc)
             return False
         return True
-
-    async def close(self) -> None:
-        await self._client.close()
 
     def __repr__(self) -> str:
         return f"<OpenAIEmbedder {self.model} at {self.base_url}>"

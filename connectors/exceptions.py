@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["BrokerStartError", "ConnectorError", "DependencyUnavailable"]
+__all__ = ["BrokerStartError", "ConnectorError", "DependencyUnavailable", "ProcessStartError", "RequestRejected"]
 
 
 class ConnectorError(Exception):
     """Base of every connector error."""
 
 
-class BrokerStartError(ConnectorError):
+class ProcessStartError(ConnectorError):
+    """A child process (see connectors.process) exited while starting or was not ready by its deadline."""
+
+
+class BrokerStartError(ProcessStartError):
     """The embedded broker could not be started or did not answer in time."""
 
 
@@ -21,6 +25,18 @@ class DependencyUnavailable(ConnectorError):
     """
 
     retriable = True
+
+
+class RequestRejected(ConnectorError):
+    """The dependency answered and refused the request itself (a 4xx other than 408/409/429).
+
+    Retrying cannot help, and it is no failure of the dependency: a circuit breaker counts it as a
+    success (the server answered).
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class CircuitOpenError(DependencyUnavailable):
@@ -43,12 +59,8 @@ class LLMUnavailable(LLMError, DependencyUnavailable):
     """The LLM did not answer (connection refused, timeouts, 429, 5xx) after its retries."""
 
 
-class LLMRequestError(LLMError):
+class LLMRequestError(LLMError, RequestRejected):
     """The LLM rejected the request itself (4xx other than 408/409/429): retrying cannot help."""
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 class LLMStreamError(LLMError):
@@ -68,7 +80,7 @@ class TokenCountUnavailable(LLMError):
     """No tokenizer is reachable: neither the server's tokenize endpoint nor a local tokenizer."""
 
 
-class ModelServerError(ConnectorError):
+class ModelServerError(ProcessStartError):
     """The embedded model server could not be started (missing package or model, crash, timeout)."""
 
 
@@ -92,12 +104,8 @@ class EmbeddingsUnavailable(EmbeddingsError, DependencyUnavailable):
     or answered with something that is not one vector per text."""
 
 
-class EmbeddingsRequestError(EmbeddingsError):
+class EmbeddingsRequestError(EmbeddingsError, RequestRejected):
     """The embeddings endpoint rejected the request itself (4xx other than 408/409/429)."""
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 class EmbeddingModelError(EmbeddingsError):

@@ -1,10 +1,11 @@
 """Streamed chat completions from any OpenAI-compatible server (OpenAI, llama.cpp, vLLM, ...).
 
-:class:`ChatClient` wraps ``openai.AsyncOpenAI`` with the failure policy of the platform:
+:class:`ChatClient` is a :class:`~connectors.base.OpenAICompatible` connector, so its failure policy
+is the platform's:
 
-* Retries are ours, not the SDK's (it runs with ``max_retries=0``): tenacity retries connection
-  errors, timeouts, 408/409/429 and 5xx with exponential backoff and jitter, and honours the server's
-  ``Retry-After`` (capped), so the policy is visible in logs and testable.
+* Retries are the base's, not the SDK's (it runs with ``max_retries=0``): connection errors,
+  timeouts, 408/409/429 and 5xx are retried with exponential backoff and jitter, and the server's
+  ``Retry-After`` is honoured (capped), so the policy is visible in logs and testable.
 * Retries happen only **before the first token** is handed to the caller. Once text has flowed, a
   broken stream raises :class:`LLMStreamError`: retrying would repeat text the caller already
   forwarded, and ending quietly would pass a truncated answer off as a complete one. A stream that
@@ -12,10 +13,10 @@
 * Streamed chunks are read as plain JSON objects (``AsyncOpenAI.post`` with ``cast_to=object``), not
   as ``ChatCompletionChunk`` models through ``chat.completions.create``, and the HTTP transport is
   aiohttp (the SDK's ``DefaultAioHttpClient``): building a pydantic model per chunk, transforming
-  the request and httpx's connection machinery cost the worker ~14 ms of CPU per 8-token answer,
-  against ~6 ms this way (measured on the embedded server). A worker answers dozens of turns at once
-  on one event loop, so that CPU is other turns' time to first token. The SDK still builds the
-  request, authenticates, maps HTTP errors to its exceptions and decodes the server-sent events.
+  the request and httpx's connection machinery cost the worker CPU on every chunk. A worker answers
+  dozens of turns at once on one event loop, so that CPU is other turns' time to first token. The
+  SDK still builds the request, authenticates, maps HTTP errors to its exceptions and decodes the
+  server-sent events.
 * A :class:`~connectors.circuit.CircuitBreaker` counts failed calls (one call = all its retries) and,
   once open, makes :meth:`ChatClient.stream_chat` fail at once with ``CircuitOpenError`` until a
   probe call succeeds. A request the server rejects (400, 401, 404, ...) raises
@@ -50,21 +51,19 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict, Unpack
 
 import openai
-from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
-from tenacity import RetryCallState
+from openai import AsyncStream
 
-from connectors.circuit import CircuitBreaker
+from connectors.base import OpenAICompatible, ServerOptions, TransientError, is_transient
 from connectors.exceptions import (
     LLMRequestError,
     LLMStreamError,
     LLMUnavailable,
     TokenCountUnavailable,
 )
-from connectors.retry import backoff_policy, retry_after_seconds, wait_retry_after
+from connectors.retry import retry_after_seconds, wait_retry_after
 from schemas.conversation import TokenUsage
 
 __all__ = [
@@ -83,9 +82,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-TRANSIENT_STATUS_CODES = frozenset({408, 409, 429})
-"""Besides every 5xx: the statuses a later attempt can cure (timeout, conflict, rate limit)."""
 
 
 class ChatMessage(TypedDict):
@@ -150,11 +146,11 @@ def render_chatml(messages: Sequence[ChatMessage], default_system: str | None = 
 
 
 class GGUFTokenizer:
-    """The tokenizer of a GGUF model, loaded vocab-only through llama.cpp (no weights, ~0.2 s).
+    """The tokenizer of a GGUF model, loaded vocab-only through llama.cpp (no weights: quick to load).
 
     Exact for the model the file belongs to; for any other model an approximation (the counts of a
     different BPE vocabulary). Needs ``llama-cpp-python``; loads on first use. Safe to call from
-    several threads (the client counts in worker threads: a long prompt takes milliseconds).
+    several threads (the client counts in worker threads, off the event loop).
     """
 
     def __init__(self, model_path: str) -> None:
@@ -179,18 +175,18 @@ class GGUFTokenizer:
         return Llama(model_path=self.model_path, vocab_only=True, verbose=False)
 
 
-# -- retry policy ---------------------------------------------------------------------------------
+# -- what is retried before the first token ------------------------------------------------------
 
 
-class _StreamStalled(Exception):
+class _StreamStalled(TransientError):
     """No chunk arrived within the timeout (keep-alive pings reset an HTTP read timeout, not this)."""
 
 
-class _StreamEndedEarly(Exception):
+class _StreamEndedEarly(TransientError):
     """The stream ended before any text and without a finish_reason (e.g. the server interrupted it)."""
 
 
-class _StreamGarbled(Exception):
+class _StreamGarbled(TransientError):
     """Reading the stream failed: the connection was cut, or an event was not JSON (a broken server or proxy)."""
 
 
@@ -199,15 +195,6 @@ _MAX_CHUNKS_BEFORE_TEXT = 1000
 #: Token counts a provider reports above this are not believed (the contracts bound them, too).
 _MAX_REPORTED_TOKENS = 100_000_000
 _MAX_MODEL_NAME_CHARS = 256
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether another attempt may succeed: connection errors, timeouts, 408/409/429, 5xx."""
-    if isinstance(exc, openai.APIConnectionError | _StreamStalled | _StreamEndedEarly | _StreamGarbled):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in TRANSIENT_STATUS_CODES or exc.status_code >= 500
-    return False
 
 
 def _rejects_stream_options(exc: BaseException) -> bool:
@@ -273,7 +260,7 @@ def _token_count(value: object) -> bool:
 # -- the client -----------------------------------------------------------------------------------
 
 
-class ChatClient:
+class ChatClient(OpenAICompatible):
     """Streamed chat completions with timeouts, retries, a circuit breaker and token accounting.
 
     ``timeout`` bounds every wait for data: the HTTP read of a response and the gap between two
@@ -282,6 +269,12 @@ class ChatClient:
     length of a stream: a long answer is not a failure.
     """
 
+    label_prefix = "LLM at"
+    breaker_prefix = "llm"
+    unavailable_error = LLMUnavailable
+    request_error = LLMRequestError
+    aiohttp_transport = True  # a stream is many small chunks
+
     def __init__(
         self,
         base_url: str,
@@ -289,48 +282,27 @@ class ChatClient:
         model: str,
         *,
         timeout: float = 60.0,
-        connect_timeout: float = 5.0,
-        max_retries: int = 3,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 8.0,
-        max_retry_after: float = 30.0,
-        breaker: CircuitBreaker | None = None,
         prompt_renderer: PromptRenderer = render_chatml,
         local_tokenizer: LocalTokenizer | None = None,
         server_tokenizer: bool | None = None,
         health_timeout: float = 5.0,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        """``max_retries`` retries follow the first attempt (``max_retries=3``: at most 4 attempts).
+        """``options`` are the connection and retry options (:class:`~connectors.base.ServerOptions`):
+        ``max_retries`` retries follow the first attempt (``max_retries=3``: at most 4 attempts).
 
         ``server_tokenizer``: ``None`` tries the llama-cpp-python tokenize endpoint once and
         remembers whether it exists; ``True``/``False`` skip the guess. ``api_key`` may be any
         non-empty string for servers without authentication.
         """
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, timeout=timeout, **options)
         self.model = model
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.max_retries = max_retries
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.max_retry_after = max_retry_after
         self.health_timeout = health_timeout
-        self.breaker = breaker or CircuitBreaker(f"llm {self.base_url}")
         self.prompt_renderer = prompt_renderer
         self.local_tokenizer = local_tokenizer
         self._server_tokenizer = server_tokenizer
         self._send_stream_options = True
         self._usage_missing_logged = False
-        request_timeout = openai.Timeout(timeout, connect=connect_timeout)
-        self._client = AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or "no-key",
-            timeout=request_timeout,
-            max_retries=0,  # our tenacity policy below, not the SDK's hidden one
-            http_client=DefaultAioHttpClient(timeout=request_timeout),
-        )
 
     @property
     def tokenizer_url(self) -> str:
@@ -370,57 +342,52 @@ class ChatClient:
             request["temperature"] = temperature
 
         stream: AsyncStream[object] | None = None
-        outcome: BaseException | None = None
         text_parts: list[str] = []
-        self.breaker.before_call()
-        try:
-            stream, first_chunks, attempts = await self._open_with_retries(request)
-            finish_reason: str | None = None
-            usage: dict[str, Any] | None = None
-            served_model = request["model"]
-            ttft_ms: float | None = None
-            pending = list(first_chunks)
-            while True:
-                try:
-                    chunk = pending.pop(0) if pending else await self._next_chunk(stream)
-                except Exception as exc:
-                    if finish_reason is not None:
-                        # The answer was complete; only the trailing usage chunk / [DONE] got lost.
-                        logger.warning("LLM stream from %s broke after its finish_reason: %s", self.base_url, exc)
+        with self.guarded():
+            try:
+                (stream, first_chunks), attempts = await self.retried(lambda: self._open_once(request))
+                finish_reason: str | None = None
+                usage: dict[str, Any] | None = None
+                served_model = request["model"]
+                ttft_ms: float | None = None
+                pending = list(first_chunks)
+                while True:
+                    try:
+                        chunk = pending.pop(0) if pending else await self._next_chunk(stream)
+                    except Exception as exc:
+                        if finish_reason is not None:
+                            # The answer was complete; only the trailing usage chunk / [DONE] got lost.
+                            logger.warning("LLM stream from %s broke after its finish_reason: %s", self.base_url, exc)
+                            break
+                        raise self._broken(exc, text_parts) from exc
+                    if chunk is None:
                         break
-                    raise self._broken(exc, text_parts) from exc
-                if chunk is None:
-                    break
-                if not isinstance(chunk, dict):
-                    continue  # not a chunk object; a stream of nothing else ends without a finish_reason
-                served_model = served_model_name(chunk.get("model")) or served_model
-                if isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                piece, finished = first_choice(chunk)
-                if piece:
-                    if ttft_ms is None:
-                        ttft_ms = (time.perf_counter() - started) * 1000.0
-                    text_parts.append(piece)
-                    yield ChatDelta(text=piece, seq=len(text_parts) - 1)
-                if finished:
-                    finish_reason = finished
-            if finish_reason is None:
-                raise LLMStreamError(
-                    f"LLM stream from {self.base_url} ended without a finish_reason after "
-                    f"{len(text_parts)} deltas: the answer is incomplete",
-                    partial_text="".join(text_parts),
-                )
-            latency_ms = (time.perf_counter() - started) * 1000.0
-        except BaseException as exc:
-            outcome = exc
-            raise
-        finally:
-            if stream is not None:
-                try:
-                    await stream.close()
-                except Exception as exc:  # the connection may already be gone; the outcome stands
-                    logger.debug("closing the LLM stream from %s failed: %s", self.base_url, exc)
-            self._record(outcome)
+                    if not isinstance(chunk, dict):
+                        continue  # not a chunk object; a stream of nothing else ends without a finish_reason
+                    served_model = served_model_name(chunk.get("model")) or served_model
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                    piece, finished = first_choice(chunk)
+                    if piece:
+                        if ttft_ms is None:
+                            ttft_ms = (time.perf_counter() - started) * 1000.0
+                        text_parts.append(piece)
+                        yield ChatDelta(text=piece, seq=len(text_parts) - 1)
+                    if finished:
+                        finish_reason = finished
+                if finish_reason is None:
+                    raise LLMStreamError(
+                        f"LLM stream from {self.base_url} ended without a finish_reason after "
+                        f"{len(text_parts)} deltas: the answer is incomplete",
+                        partial_text="".join(text_parts),
+                    )
+                latency_ms = (time.perf_counter() - started) * 1000.0
+            finally:
+                if stream is not None:
+                    try:
+                        await stream.close()
+                    except Exception as exc:  # the connection may already be gone; the outcome stands
+                        logger.debug("closing the LLM stream from %s failed: %s", self.base_url, exc)
 
         text = "".join(text_parts)
         yield ChatResult(
@@ -447,15 +414,6 @@ class ChatClient:
                 return event
         raise AssertionError("stream_chat ended without a result")  # pragma: no cover
 
-    def _record(self, outcome: BaseException | None) -> None:
-        """Tell the breaker what the call showed about the server."""
-        if outcome is None or isinstance(outcome, LLMRequestError):
-            self.breaker.record_success()  # a rejected request still proves the server answers
-        elif isinstance(outcome, Exception):
-            self.breaker.record_failure(outcome)
-        else:
-            self.breaker.release()  # cancelled, or the caller stopped reading: no verdict
-
     def _broken(self, exc: BaseException, text_parts: list[str]) -> LLMStreamError:
         return LLMStreamError(
             f"LLM stream from {self.base_url} broke after {len(text_parts)} deltas "
@@ -478,43 +436,12 @@ class ChatClient:
             # are not the SDK's: name them here so they are retried before the first token, and reported.
             raise _StreamGarbled(f"reading the stream failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _open_with_retries(
-        self, request: dict[str, Any]
-    ) -> tuple[AsyncStream[object], list[object], int]:
-        """Open the stream and read up to the first text, retrying transient failures.
-
-        Returns the stream, the chunks read so far (the last one carries the first text, or the
-        stream is finished) and the number of attempts made.
-        """
-        retrying = backoff_policy(
-            attempts=self.max_retries + 1, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
-            retry_on=is_transient, before_sleep=self._log_retry, max_retry_after=self.max_retry_after,
-        )
-        attempts = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    stream, first = await self._open_once(request)
-                    return stream, first, attempts
-        except openai.APIStatusError as exc:
-            if is_transient(exc):
-                raise self._unavailable(exc, attempts) from exc
-            raise LLMRequestError(
-                f"LLM at {self.base_url} rejected the request with HTTP {exc.status_code}: {exc.message}",
-                status_code=exc.status_code,
-            ) from exc
-        except (openai.OpenAIError, _StreamStalled, _StreamEndedEarly, _StreamGarbled) as exc:
-            raise self._unavailable(exc, attempts) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _unavailable(self, exc: BaseException, attempts: int) -> LLMUnavailable:
-        return LLMUnavailable(
-            f"LLM at {self.base_url} unavailable after {attempts} attempt{'s' if attempts != 1 else ''}: "
-            f"{type(exc).__name__}: {exc}"
-        )
-
     async def _open_once(self, request: dict[str, Any]) -> tuple[AsyncStream[object], list[object]]:
+        """Open the stream and read up to the first text: one attempt.
+
+        Returns the stream and the chunks read so far (the last one carries the first text, or the
+        stream is finished).
+        """
         if self._send_stream_options:
             try:
                 return await self._open_and_read_to_first_text(
@@ -551,15 +478,6 @@ class ChatClient:
         except BaseException:
             await stream.close()
             raise
-
-    def _log_retry(self, retry_state: RetryCallState) -> None:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
-        logger.warning(
-            "LLM call to %s failed (attempt %d of %d): %s: %s; retrying in %.2f s",
-            self.base_url, retry_state.attempt_number, self.max_retries + 1, type(exc).__name__, exc, wait,
-        )
 
     # -- token accounting -------------------------------------------------------------------------
 
@@ -638,20 +556,6 @@ class ChatClient:
             logger.debug("LLM health check of %s failed: %s", self.base_url, exc)
             return False
         return True
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def __aenter__(self) -> ChatClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 async def _zero() -> int:

@@ -16,8 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from connectors.broker import EmbeddedBroker, port_answers
+from connectors.broker import EmbeddedBroker
 from connectors.model_server import EmbeddedModelServer
+from connectors.process import port_answers, stop_process
 
 __all__ = ["EMBEDDED_SESSION_TIMEOUT_MS", "run_local_stack"]
 
@@ -102,12 +103,8 @@ def run_local_stack(
     try:
         return worker.wait()
     except KeyboardInterrupt:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            return worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            return worker.wait()
+        stop_process(worker, 30.0)
+        return worker.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
         if model_server is not None:

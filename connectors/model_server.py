@@ -33,19 +33,15 @@ import importlib.util
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
-from connectors.broker import free_port, port_answers
 from connectors.exceptions import ModelServerError
 from connectors.llm import GGUFTokenizer, LocalTokenizer, PromptRenderer, render_chatml
+from connectors.process import ServerProcess
 
 __all__ = [
     "SMOLLM2_DEFAULT_SYSTEM_PROMPT",
@@ -154,7 +150,7 @@ def _server_setting_names(package_dir: Path) -> frozenset[str]:
     return frozenset(names)
 
 
-class EmbeddedModelServer:
+class EmbeddedModelServer(ServerProcess):
     """A ``llama_cpp.server`` child process serving one GGUF model on a free or given port.
 
     ``start()`` returns once ``GET /v1/models`` answers and (with ``warmup``) a one-token completion
@@ -163,8 +159,16 @@ class EmbeddedModelServer:
     cores) for generating, and prompts are evaluated on as many (not on every core, llama-cpp-python's
     default: the worker and the broker would wait for a core during every prompt, measured as 15-30 ms
     stalls of the worker's event loop on a 2-core machine). Output goes to ``log_path`` (with
-    llama.cpp's per-request timings) or is discarded.
+    llama.cpp's per-request timings) or is discarded. It runs in its own session: a Ctrl-C aimed at
+    the parent's foreground job must not kill the model mid-answer; ``stop()`` ends it (SIGTERM, which
+    uvicorn shuts down on cleanly).
     """
+
+    kind = "embedded model server"
+    start_error = ModelServerError
+    not_ready_error = ModelServerError
+    own_session = True
+    error_tail_lines = 15
 
     def __init__(
         self,
@@ -178,29 +182,17 @@ class EmbeddedModelServer:
         model_alias: str = SMOLLM2_MODEL_ALIAS,
         warmup: bool = True,
     ) -> None:
+        super().__init__(host, port, log_path, start_timeout)
         self.model_path = Path(model_path) if model_path is not None else None
-        self.host = host
-        self.port = port or free_port(host)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
-        self.log_path = log_path
-        self.start_timeout = start_timeout
         self.model_alias = model_alias
         self.warmup = warmup
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         """The OpenAI base URL, ``http://HOST:PORT/v1``."""
         return f"http://{self.host}:{self.port}/v1"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     @property
     def prompt_renderer(self) -> PromptRenderer:
@@ -238,58 +230,19 @@ class EmbeddedModelServer:
         model_path = self.model_path or resolve_model_path()
         if not model_path.is_file():
             raise ModelServerError(f"model file {model_path} does not exist")
-        if port_answers(self.host, self.port):
-            raise ModelServerError(
-                f"port {self.host}:{self.port} is already in use; stop what listens there or choose another port"
-            )
+        self.refuse_busy_port()
         scrub = _server_setting_names(package_dir)
         env = {key: value for key, value in os.environ.items() if key.lower() not in scrub}
-        log: IO[bytes] | int = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        logger.info("starting embedded model server (%s) on %s", model_path.name, self.base_url)
-        try:
-            self._process = subprocess.Popen(
-                self.command(model_path),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # Its own session: a Ctrl-C aimed at the parent's foreground job must not kill the
-                # model mid-answer; stop() ends it.
-                start_new_session=True,
-                env=env,
-            )
-        finally:
-            if not isinstance(log, int):
-                log.close()
-        try:
-            self._wait_until_ready()
-            if self.warmup:
-                self._warm_up()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                raise ModelServerError(
-                    f"embedded model server exited with code {self._process.returncode} while starting"
-                    + self._log_hint()
-                )
+        logger.info("embedded model server: serving %s", model_path.name)
+        self.spawn(self.command(model_path), env=env)
+        self.wait_until_ready(self.start_timeout, url=f"{self.base_url}/models", interval=0.1)
+        if self.warmup:
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2.0) as response:
-                    if response.status == 200:
-                        logger.info("embedded model server ready on %s", self.base_url)
-                        return
-            except (urllib.error.URLError, OSError) as exc:
-                last_error = exc
-            time.sleep(0.1)
-        raise ModelServerError(
-            f"embedded model server did not answer on {self.base_url} within {self.start_timeout:.0f} s "
-            f"(last error: {last_error})" + self._log_hint()
-        )
+                self._warm_up()
+            except BaseException:
+                self.stop()
+                raise
+        return self
 
     def _warm_up(self) -> None:
         body = json.dumps(
@@ -307,52 +260,3 @@ class EmbeddedModelServer:
                 f"embedded model server failed its warm-up completion: {exc}" + self._log_hint()
             ) from exc
         logger.info("embedded model server warmed up in %.1f s", time.monotonic() - started)
-
-    def _log_hint(self) -> str:
-        if not self.log_path:
-            return "; pass log_path to see its output"
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
-        except OSError:
-            return f"; see {self.log_path}"
-        return f"; see {self.log_path}, which ends with:\n" + "\n".join(tail)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (uvicorn shuts down cleanly), SIGKILL if it has not exited after ``timeout``."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            self._signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("embedded model server did not stop within %.0f s; killing it", timeout)
-                self._signal_group(process, signal.SIGKILL)
-                process.wait(timeout=timeout)
-        logger.info("embedded model server on %s stopped", self.base_url)
-
-    def kill(self) -> None:
-        """SIGKILL at once, as a crash would (tests of broken streams, last resort)."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            self._signal_group(process, signal.SIGKILL)
-            process.wait(timeout=10.0)
-
-    @staticmethod
-    def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        try:
-            os.killpg(process.pid, sig)  # the server leads its own session, so its group is its pid
-        except ProcessLookupError:
-            pass
-
-    def __enter__(self) -> EmbeddedModelServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

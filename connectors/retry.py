@@ -2,7 +2,7 @@
 
 Transient failures are retried a bounded number of times with exponential backoff and jitter; where a
 server says how long to wait (``Retry-After``), that wins, capped. Which failures are transient is the
-caller's ``retry_on``: each dependency knows its own.
+caller's ``retry_on``: each dependency knows its own (see :class:`connectors.base.Connector`).
 """
 
 from __future__ import annotations
@@ -11,38 +11,51 @@ import email.utils
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
-__all__ = ["backoff_policy", "retry_after_seconds", "wait_retry_after"]
+__all__ = ["RetryPolicy", "retry_after_seconds", "wait_retry_after"]
 
 
-def backoff_policy(
-    *,
-    attempts: int,
-    backoff_initial: float,
-    backoff_max: float,
-    retry_on: Callable[[BaseException], bool],
-    before_sleep: Callable[[RetryCallState], None] | None = None,
-    max_retry_after: float | None = None,
-) -> AsyncRetrying:
-    """``attempts`` tries in all; waits grow from ``backoff_initial`` to ``backoff_max`` with jitter.
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How one connector retries one call.
 
-    With ``max_retry_after`` a server's ``Retry-After`` (of an OpenAI-compatible error) is honoured up
-    to that many seconds. The last failure is re-raised as it is.
+    ``attempts`` tries in all; waits grow from ``backoff_initial`` to ``backoff_max`` with jitter. With
+    ``max_retry_after`` a server's ``Retry-After`` (of an OpenAI-compatible error) is honoured up to
+    that many seconds. The last failure is re-raised as it is.
     """
-    wait: wait_base = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
-    if max_retry_after is not None:
-        wait = wait_retry_after(wait, cap=max_retry_after)
-    return AsyncRetrying(
-        stop=stop_after_attempt(attempts),
-        wait=wait,
-        retry=retry_if_exception(retry_on),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+
+    attempts: int
+    backoff_initial: float
+    backoff_max: float
+    max_retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+
+    def retrying(
+        self,
+        retry_on: Callable[[BaseException], bool],
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> AsyncRetrying:
+        """A fresh tenacity loop for one call; ``retry_on`` says which failures are transient."""
+        wait: wait_base = wait_exponential_jitter(
+            multiplier=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
+        )
+        if self.max_retry_after is not None:
+            wait = wait_retry_after(wait, cap=self.max_retry_after)
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait,
+            retry=retry_if_exception(retry_on),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:

@@ -14,7 +14,7 @@ Modes. With a URL it talks to a Qdrant server over HTTP. Without one it runs qdr
 mode* on a directory: the same API, in this process, brute-force search, data in SQLite. Local mode
 holds a file lock, so one process at a time may open a directory (the worker that owns it). Its SQLite
 files are switched to WAL with ``synchronous=NORMAL``: qdrant-client commits each point on its own, and
-with the default full fsync per commit an upsert of 128 points took 2.2 s here instead of 20 ms. A
+with the default full fsync per commit an upsert of a batch of points waits for one fsync per point. A
 process crash (SIGKILL) loses nothing; an OS crash or power cut may lose the last writes — local mode
 is the embedded default for one machine, production uses a server.
 
@@ -22,8 +22,9 @@ The client is the synchronous ``QdrantClient`` run in worker threads (``asyncio.
 mode computes in Python and must not stall the event loop, and one code path serves both modes. Local
 mode is not thread-safe, so its calls are serialised.
 
-Failures. Connection errors, timeouts, 429 and 5xx are retried (``attempts`` in all, exponential
-backoff with jitter); one logical call, retries included, counts once for the circuit breaker. Errors
+Failures. :class:`VectorStore` is a :class:`~connectors.base.Connector`: connection errors, timeouts,
+408/429 and 5xx are retried (``attempts`` in all, exponential backoff with jitter); one logical call,
+retries included, counts once for the circuit breaker. Errors
 are mapped to :class:`CollectionNotFound`, :class:`CollectionMismatch` (vector size),
 :class:`VectorStoreRequestError` (Qdrant refused the request) and :class:`VectorStoreUnavailable`.
 """
@@ -43,8 +44,8 @@ from typing import Any, TypeVar
 import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from tenacity import RetryCallState
 
+from connectors.base import Connector
 from connectors.circuit import CircuitBreaker
 from connectors.exceptions import (
     CollectionMismatch,
@@ -53,7 +54,7 @@ from connectors.exceptions import (
     VectorStoreRequestError,
     VectorStoreUnavailable,
 )
-from connectors.retry import backoff_policy
+from connectors.retry import RetryPolicy
 
 __all__ = [
     "TENANT_KEY",
@@ -101,7 +102,7 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class VectorStore:
+class VectorStore(Connector):
     """Qdrant at ``url``, or local mode in ``path``; opened on first use."""
 
     def __init__(
@@ -118,16 +119,15 @@ class VectorStore:
     ) -> None:
         if (url is None) == (path is None):
             raise ValueError("give exactly one of url (a Qdrant server) and path (local mode)")
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
         self.url = url.rstrip("/") if url else None
         self.path = Path(path) if path is not None else None
+        super().__init__(
+            f"Qdrant at {self.location}",
+            breaker=breaker or CircuitBreaker(f"qdrant {self.location}"),
+            retry_policy=RetryPolicy(attempts, backoff_initial, backoff_max),
+        )
         self.api_key = api_key
         self.timeout = timeout
-        self.attempts = attempts
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.breaker = breaker or CircuitBreaker(f"qdrant {self.location}")
         self._client: QdrantClient | None = None
         self._open_lock = threading.Lock()
         # Local mode is plain Python over dicts and SQLite: one call at a time.
@@ -203,48 +203,30 @@ class VectorStore:
 
     async def _call(self, what: str, operation: Callable[[QdrantClient], T], collection: str | None = None) -> T:
         """Run ``operation(client)`` in a thread with retries, the breaker and error mapping."""
-        self.breaker.before_call()
-        outcome: BaseException | None = None
-        try:
-            return await self._with_retries(what, operation, collection)
-        except BaseException as exc:
-            outcome = exc
-            raise
-        finally:
-            if outcome is None or isinstance(outcome, VectorStoreRequestError | CollectionNotFound
-                                             | CollectionMismatch):
-                self.breaker.record_success()  # Qdrant answered
-            elif isinstance(outcome, Exception):
-                self.breaker.record_failure(outcome)
-            else:
-                self.breaker.release()
+        with self.guarded():
+            result, _ = await self.retried(
+                lambda: asyncio.to_thread(self._run, operation),
+                map_error=lambda exc, attempts: self._map(exc, what, collection, attempts),
+            )
+            return result
 
-    async def _with_retries(self, what: str, operation: Callable[[QdrantClient], T], collection: str | None) -> T:
-        retrying = backoff_policy(
-            attempts=self.attempts, backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
-            retry_on=is_transient, before_sleep=self._log_retry,
-        )
-        attempts = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    return await asyncio.to_thread(self._run, operation)
-        except VectorStoreError:
-            raise
-        except Exception as exc:
-            raise self._map(exc, what, collection, attempts) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
 
-    def _map(self, exc: Exception, what: str, collection: str | None, attempts: int) -> VectorStoreError:
+    def answered(self, exc: Exception) -> bool:
+        return isinstance(exc, VectorStoreRequestError | CollectionNotFound | CollectionMismatch)
+
+    def describe(self, exc: BaseException | None) -> str:
+        return _message(exc) if exc is not None else "?"
+
+    def _map(self, exc: Exception, what: str, collection: str | None, attempts: int) -> Exception:
+        if isinstance(exc, VectorStoreError):
+            return exc  # already ours (local mode's directory is locked)
         text = _message(exc)
         lowered = text.lower()
         named = f"collection {collection!r}" if collection else "the collection"
         if is_transient(exc):
-            return VectorStoreUnavailable(
-                f"Qdrant at {self.location} unavailable for {what} after {attempts} attempt"
-                f"{'s' if attempts != 1 else ''}: {text}"
-            )
+            return VectorStoreUnavailable(self.unavailable_message(exc, attempts, during=what))
         if collection is not None:
             if "not found" in lowered or "doesn't exist" in lowered or (
                 isinstance(exc, UnexpectedResponse) and exc.status_code == 404
@@ -255,13 +237,6 @@ class VectorStore:
                 self._dimensions.pop(collection, None)
                 return CollectionMismatch(f"{named}: {text}")
         return VectorStoreRequestError(f"Qdrant refused {what}: {text}")
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.warning("Qdrant call to %s failed (attempt %d): %s; retrying in %.2f s", self.location,
-                       state.attempt_number, _message(error) if error else "?", wait)
 
     # -- collections --------------------------------------------------------------------------------
 

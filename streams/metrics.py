@@ -51,7 +51,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from faust_app import app, settings
+from streams.settings import WorkerSettings
+from streams.web import page
 
 if TYPE_CHECKING:
     from connectors.circuit import CircuitBreaker, CircuitState
@@ -142,8 +143,14 @@ class LabelBudget:
         return len(self._admitted)
 
 
-_tenants = LabelBudget(settings.metrics_max_tenants)
-_models = LabelBudget(settings.metrics_max_models)
+_tenants = LabelBudget(WorkerSettings.model_fields["metrics_max_tenants"].default)
+_models = LabelBudget(WorkerSettings.model_fields["metrics_max_models"].default)
+
+
+def configure(settings: WorkerSettings) -> None:
+    """Apply ``SOMA_METRICS_MAX_TENANTS`` and ``SOMA_METRICS_MAX_MODELS`` (the engine calls it at start)."""
+    _tenants.limit = settings.metrics_max_tenants
+    _models.limit = settings.metrics_max_models
 
 
 def usage_labels(tenant: str, model: str) -> tuple[str, str]:
@@ -296,7 +303,7 @@ async def render() -> bytes:
     return bytes(generate_latest(REGISTRY))
 
 
-@app.page("/metrics")
+@page("/metrics")
 async def metrics_page(self: Any, request: Any) -> Any:
     """Prometheus scrape endpoint."""
     return self.bytes(await render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

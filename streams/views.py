@@ -19,11 +19,11 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faust_app import Settings
 from schemas import Envelope, decode_event
 from streams.catalog import TopicSpec
 from streams.kafka import consumer_factory, high_watermarks
 from streams.metrics import RECORDS_SKIPPED
+from streams.settings import Settings
 from streams.skips import SkippedRecords
 from streams.supervise import supervise
 

@@ -31,7 +31,6 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from faust_app import Settings
 from schemas import ConversationTurn, SchemaError, encode_event
 from schemas.codec import validation_reason
 from streams.bridge.auth import SCOPE_EVENTS_READ, SCOPE_TURNS_WRITE, Principal, TokenVerifier
@@ -40,6 +39,7 @@ from streams.bridge.fanout import CUT, Cursor, Delivery, FanOut, Subscriber
 from streams.bridge.metrics import BridgeMetrics
 from streams.catalog import CONVERSATION_EVENTS, CONVERSATION_TURNS, EMBEDDING_RESULTS, LOCK_STATE, USAGE_REPORTS
 from streams.kafka import producer_factory
+from streams.settings import Settings
 
 __all__ = ["RESULT_TOPICS", "STREAM_NAMES", "create_app"]
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import jwt
 
-from faust_app import Settings
 from streams.bridge.exceptions import Forbidden, Unauthorized
+from streams.settings import Settings
 
 __all__ = ["SCOPE_EVENTS_READ", "SCOPE_TURNS_WRITE", "Principal", "TokenVerifier", "mint_token"]
 

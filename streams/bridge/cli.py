@@ -12,11 +12,12 @@ from typing import Any
 
 import click
 from aiohttp import web
-from faust.cli import AppCommand, option
+from faust.cli import option
 
-from faust_app import command, settings
 from streams.bridge.auth import SCOPE_EVENTS_READ, SCOPE_TURNS_WRITE, mint_token
+from streams.cli import SomaCommand, command
 from streams.gcpause import freeze_long_lived
+from streams.settings import Settings
 
 __all__ = ["raise_open_files_limit", "serve"]
 
@@ -50,7 +51,7 @@ def _log_slow_collections(threshold: float = 0.05) -> None:
     gc.callbacks.append(callback)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the bridge until SIGTERM or SIGINT; then tell clients to reconnect elsewhere and stop."""
     from streams.bridge.app import create_app
 
@@ -86,10 +87,11 @@ async def serve(host: str, port: int) -> None:
     option("--host", default=None, help="Address to listen on (default SOMA_BRIDGE_HOST)."),
     option("--port", type=int, default=None, help="Port to listen on (default SOMA_BRIDGE_PORT)."),
 )
-async def bridge(self: AppCommand, host: str | None, port: int | None) -> None:
+async def bridge(self: SomaCommand, host: str | None, port: int | None) -> None:
     """Serve result topics over HTTP as server-sent events (see the README, "SSE bridge")."""
+    settings = self.settings
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    await serve(host or settings.bridge_host, port or settings.bridge_port)
+    await serve(settings, host or settings.bridge_host, port or settings.bridge_port)
 
 
 @command(
@@ -99,8 +101,9 @@ async def bridge(self: AppCommand, host: str | None, port: int | None) -> None:
     option("--ttl", type=int, default=3600, help="Lifetime in seconds."),
     option("--subject", default=None, help="sub claim (the user)."),
 )
-async def token(self: AppCommand, tenant: str, scopes: Any, ttl: int, subject: str | None) -> None:
+async def token(self: SomaCommand, tenant: str, scopes: Any, ttl: int, subject: str | None) -> None:
     """Print an HS256 bridge token signed with SOMA_BRIDGE_JWT_SECRET (for development and tests)."""
+    settings = self.settings
     if not settings.bridge_jwt_secret:
         raise click.ClickException("set SOMA_BRIDGE_JWT_SECRET (the secret the bridge verifies tokens with)")
     click.echo(mint_token(settings.bridge_jwt_secret, tenant, list(scopes) or [SCOPE_EVENTS_READ, SCOPE_TURNS_WRITE],

@@ -40,11 +40,11 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faust_app import Settings
 from schemas import decode_event, to_json
 from streams.bridge.exceptions import BadCursor, CatchUpFailed
 from streams.catalog import TopicSpec, all_topics, ensure_topics
 from streams.kafka import RangeReadError, admin_factory, consumer_factory, read_ranges
+from streams.settings import Settings
 from streams.skips import SkippedRecords
 from streams.supervise import Restart, supervise
 

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faust_app import Settings
 from streams.engine.state import Table
 from streams.kafka import consumer_factory, high_watermarks, read_ranges
+from streams.settings import Settings
 from streams.supervise import retry_delays
 
 if TYPE_CHECKING:

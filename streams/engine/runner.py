@@ -30,10 +30,10 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from faust_app import Settings
 from schemas import SchemaError, decode_event, encode_event
 from schemas.exceptions import DecodeError, EncodeError
 from streams.catalog import TopicSpec
+from streams.engine.context import AgentContext, Resources
 from streams.engine.outbox import Outbox
 from streams.engine.recovery import Recovery
 from streams.engine.state import Table
@@ -41,6 +41,7 @@ from streams.engine.stream import Batch, BatchStream, Record, dead_letter_messag
 from streams.exceptions import EventTooLarge, KeyMismatch, OutputTooLarge
 from streams.kafka import consumer_factory
 from streams.metrics import AgentMetrics
+from streams.settings import Settings
 from streams.supervise import Restart, supervise
 
 __all__ = ["AgentRunner", "AgentSpec"]
@@ -62,8 +63,7 @@ _INFRASTRUCTURE_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 InvalidHandler = Callable[[Batch[Any], Record[Any], SchemaError], None]
-AssignedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
-RevokedHook = Callable[["AgentRunner", list[int]], Awaitable[None]]
+AgentFunction = Callable[[BatchStream[Any], Any], Awaitable[None]]
 
 
 @dataclass
@@ -72,12 +72,11 @@ class AgentSpec:
 
     name: str
     topic: TopicSpec
-    fn: Callable[[BatchStream[Any]], Awaitable[None]]
+    fn: AgentFunction
     tables: tuple[str, ...] = ()
+    context: type[AgentContext] = AgentContext
     on_invalid: InvalidHandler | None = None
-    on_assigned: AssignedHook | None = None
     tick_seconds: float | Callable[[Settings], float] | None = None
-    on_revoked: RevokedHook | None = None
     max_records: int | Callable[[Settings], int] | None = None
     fetch_wait_ms: int | Callable[[Settings], int] | None = None
     #: Back-pressure: at most this many records handed out with ``Batch.defer`` and not finished;
@@ -93,11 +92,14 @@ class AgentRunner:
 
     def __init__(
         self, spec: AgentSpec, settings: Settings, producer: AIOKafkaProducer,
-        live_producer: AIOKafkaProducer | None = None,
+        live_producer: AIOKafkaProducer | None = None, resources: Resources | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.settings = settings
+        self.resources = resources if resources is not None else Resources()
+        #: The context of the agent's current run (None between runs).
+        self.context: AgentContext | None = None
         self.producer = producer
         self.live_producer = live_producer or producer
         self.outbox = Outbox(producer)
@@ -124,6 +126,9 @@ class AgentRunner:
         self._deferred: dict[TopicPartition, set[int]] = {}
         #: Deferred records reported done since the last batch was finished; released at the next one.
         self._finished: list[tuple[TopicPartition, int]] = []
+        #: Set when deferred work finishes: cuts the fetch wait short so that the next batch, which
+        #: commits it (and frees room under ``max_in_flight``), comes at once instead of after a tick.
+        self._wake = asyncio.Event()
         self._committed: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
         self._stopping = False
@@ -175,7 +180,7 @@ class AgentRunner:
     async def _start_and_run(self) -> None:
         if self.consumer is None:
             await self._start_consumer()
-        await self.spec.fn(BatchStream(self))
+        await self._run_once()
         logger.info("agent %s stopped", self.name)
 
     def _count_restart(self) -> None:
@@ -188,6 +193,19 @@ class AgentRunner:
             return Restart(delay)
         await self._cleanup()
         return Restart(delay, ", new consumer")
+
+    async def _run_once(self) -> None:
+        """One run of the agent function, with a context of its own (see streams/engine/context.py)."""
+        context = self.spec.context.create(self.settings, self.resources)
+        self.context = context
+        try:
+            await self.spec.fn(BatchStream(self), context)
+        finally:
+            self.context = None
+            try:
+                await context.close()
+            except Exception:
+                logger.exception("agent %s: closing its context failed", self.name)
 
     async def _recover_from_crash(self, exc: Exception, backoff: float) -> tuple[float, bool]:
         """Decide what the crash says about the batch in flight; return (delay, consumer kept)."""
@@ -313,7 +331,7 @@ class AgentRunner:
             limit = self._room(consumer) if self.max_in_flight else self.max_records
             if self._suspect_ends:
                 limit = min(limit, self._narrow_records)
-            fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
+            fetched = await self._fetch(consumer, wait_ms, limit)
             if self._stopping:
                 raise StopAsyncIteration  # fetched records are not committed: the next owner reads them
             await self._lock.acquire()
@@ -323,11 +341,35 @@ class AgentRunner:
             if tick_due and tick:
                 self._next_tick = time.monotonic() + tick
                 batch.tick = True
-            if batch.records or batch.failed or len(self.outbox) or tick_due:
+            if batch.records or batch.failed or len(self.outbox) or tick_due or self._finished:
                 self.metrics.batch_started(batch)
                 return batch
             self._in_batch = False
             self._lock.release()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, wait_ms: int,
+                     limit: int) -> dict[TopicPartition, list[Any]]:
+        """``getmany``, returning early when deferred work finishes while it waits for records."""
+        if self._finished:
+            return await consumer.getmany(timeout_ms=0, max_records=limit)
+        if not self.deferred_count:
+            return await consumer.getmany(timeout_ms=wait_ms, max_records=limit)
+        self._wake.clear()
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=limit))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({fetch, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not fetch.done():
+                fetch.cancel()  # safe: getmany takes records from its buffer only when it returns them
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled ourselves, not only the fetch
+            return {}
 
     def _room(self, consumer: AIOKafkaConsumer) -> int:
         """How many records to fetch under ``max_in_flight``; pauses the owned partitions while it is 0.
@@ -509,6 +551,7 @@ class AgentRunner:
             # Released only by the next finish_batch, after it has flushed what the work wrote before
             # calling this: a flush already in flight may not carry those writes.
             self._finished.append((tp, record.offset))
+            self._wake.set()
 
         return done
 
@@ -570,8 +613,8 @@ class AgentRunner:
             self._positions = {tp: o for tp, o in self._positions.items() if tp.partition not in partitions}
             self._committed = {tp: o for tp, o in self._committed.items() if tp.partition not in partitions}
             self._deferred = {tp: o for tp, o in self._deferred.items() if tp.partition not in partitions}
-            if partitions and self.spec.on_revoked is not None:
-                await self.spec.on_revoked(self, sorted(partitions))
+            if partitions and self.context is not None:
+                await self.context.revoked(sorted(partitions))
             if partitions:
                 logger.info("agent %s: partitions %s revoked", self.name, sorted(partitions))
 
@@ -587,11 +630,11 @@ class AgentRunner:
             if not still_assigned():
                 return
             self.assigned_partitions = sorted(set(self.assigned_partitions) | set(partitions))
-            if self.spec.on_assigned is not None:
+            if self.context is not None:
                 try:
-                    await self.spec.on_assigned(self, partitions)
+                    await self.context.assigned(partitions)
                 except Exception:
-                    logger.exception("agent %s: its on_assigned hook failed for partitions %s", self.name,
+                    logger.exception("agent %s: its context's assigned hook failed for partitions %s", self.name,
                                      partitions)
             logger.info("agent %s: ready on partitions %s", self.name, self.assigned_partitions)
             self.ready.set()

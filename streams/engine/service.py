@@ -10,13 +10,16 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from mode import Service
 
-from faust_app import Settings, app, settings
+from streams import metrics
 from streams.catalog import all_topics, ensure_topics
+from streams.engine.context import Resources
 from streams.engine.recovery import readiness
-from streams.engine.registry import registered_agents
+from streams.engine.registry import registered_agents, set_running
 from streams.engine.runner import AgentRunner
 from streams.gcpause import freeze_long_lived
 from streams.kafka import admin_factory, producer_factory
+from streams.settings import Settings
+from streams.web import page
 
 __all__ = ["StreamEngine", "changelog_topics", "prepare_topics", "readyz_page"]
 
@@ -60,12 +63,13 @@ class StreamEngine(Service):
     millisecond of linger is a millisecond of time-to-first-token.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.producer: AIOKafkaProducer | None = None
         self.live_producer: AIOKafkaProducer | None = None
         self.runners: list[AgentRunner] = []
+        self.resources = Resources()
         self._runner_tasks: list[asyncio.Task[None]] = []
         self._freezer: asyncio.Task[None] | None = None
 
@@ -73,15 +77,17 @@ class StreamEngine(Service):
         global _engine
         _engine = self
         specs = registered_agents()
+        metrics.configure(self.settings)
         await prepare_topics(self.settings)
         self.producer = producer_factory(self.settings)
         await self.producer.start()
         self.live_producer = producer_factory(self.settings, linger_ms=0, client_id=f"{self.settings.app_id}-live")
         await self.live_producer.start()
         for spec in specs:
-            runner = AgentRunner(spec, self.settings, self.producer, self.live_producer)
+            runner = AgentRunner(spec, self.settings, self.producer, self.live_producer, self.resources)
             self.runners.append(runner)
             self._runner_tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
+        set_running(self.runners)
         self._freezer = asyncio.create_task(freeze_long_lived(), name="gc-freeze")
         logger.info("stream engine started agents: %s", ", ".join(spec.name for spec in specs) or "none")
 
@@ -97,23 +103,20 @@ class StreamEngine(Service):
             task.cancel()
         await asyncio.gather(*self._runner_tasks, return_exceptions=True)
         self._runner_tasks = []
+        set_running([])
+        # After every agent's context is closed: what they shared (the Qdrant client, the models) goes last.
+        await self.resources.close()
         for producer in (self.live_producer, self.producer):
             if producer is not None:
                 await producer.stop()
         self.producer = self.live_producer = None
 
 
-# Started with the app's own services, not after Faust's table recovery as ``@app.service`` would be:
-# that waits for Faust's own consumer group to form and for a fixed 1 s pause of its table conductor,
-# neither of which the engine needs, and after a crash they came before every agent's group join.
-app.add_dependency(StreamEngine(beacon=app.beacon))
-
-
 #: The engine of this worker process, once started (what ``/readyz`` reports on).
 _engine: StreamEngine | None = None
 
 
-@app.page("/readyz")
+@page("/readyz")
 async def readyz_page(self: Any, request: Any) -> Any:
     """200 once every agent processes every partition it owns; 503 naming what is starting or restoring."""
     if _engine is None:

@@ -35,8 +35,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from faust_app import Settings
 from streams.kafka import admin_factory, consumer_factory, high_watermarks
+from streams.settings import Settings
 from streams.tools.exceptions import BrokerUnavailable, ToolError
 
 __all__ = ["Cluster", "GroupInfo", "Member", "start_client", "stop_consumer"]

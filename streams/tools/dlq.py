@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from faust.cli import AppCommand, argument, option
+from faust.cli import argument, option
 
-from faust_app import command, settings
 from streams.catalog import CATALOG, DLQ_SUFFIX
+from streams.cli import SomaCommand, command
 from streams.dlq import DeadLetter, parse_dlq_headers
 from streams.kafka import producer_factory
+from streams.settings import Settings
 from streams.tools.cluster import Cluster, start_client, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, JSON_OPTION, emit_json, progress, tool_errors, wants_json
 from streams.tools.exceptions import ArgumentError, ToolError
@@ -187,7 +188,7 @@ def _parse_entries(values: Iterable[str]) -> frozenset[tuple[int, int]]:
     return frozenset(parsed)
 
 
-async def read_entries(dlq: str, selection: Selection) -> list[Entry]:
+async def read_entries(settings: Settings, dlq: str, selection: Selection) -> list[Entry]:
     """The selected entries of one DLQ as it is now, in partition/offset order."""
     async with Cluster(settings) as cluster:
         if dlq not in await cluster.topics():
@@ -212,7 +213,7 @@ async def read_entries(dlq: str, selection: Selection) -> list[Entry]:
     return selected[: selection.limit] if selection.limit else selected
 
 
-async def _existing_dlqs() -> list[str]:
+async def _existing_dlqs(settings: Settings) -> list[str]:
     async with Cluster(settings) as cluster:
         present = await cluster.topics()
     return [spec.dlq for spec in CATALOG.values() if spec.is_input and spec.dlq in present]
@@ -239,7 +240,7 @@ async def _existing_dlqs() -> list[str]:
     JSON_OPTION,
 )
 @tool_errors
-async def dlq(self: AppCommand, action: str, topics: tuple[str, ...], error_classes: tuple[str, ...],
+async def dlq(self: SomaCommand, action: str, topics: tuple[str, ...], error_classes: tuple[str, ...],
               entries: tuple[str, ...], partitions: tuple[int, ...], keys: tuple[str, ...], tenants: tuple[str, ...],
               headers: tuple[str, ...], fields: tuple[str, ...], since: str | None, until: str | None, limit: int,
               rate: str | None, record_path: str | None, again: bool, execute: bool, as_json: bool) -> None:
@@ -277,21 +278,23 @@ async def dlq(self: AppCommand, action: str, topics: tuple[str, ...], error_clas
         RecordFilter.from_options(keys, tenants, headers, fields, partitions, TimeRange.parse(since, until, now)),
         frozenset(error_classes), _parse_entries(entries), limit,
     )
+    settings = self.settings
     record = RedriveRecord(Path(record_path) if record_path else settings.data_dir / "redrive.jsonl")
     as_json = wants_json(self, as_json)
     if action == "list":
-        names = [dlq_name(topic) for topic in topics] if topics else await _existing_dlqs()
-        await _list(names, selection, record, as_json)
+        names = [dlq_name(topic) for topic in topics] if topics else await _existing_dlqs(settings)
+        await _list(settings, names, selection, record, as_json)
     elif action == "show":
-        await _show(dlq_name(topics[0]), selection, record, as_json)
+        await _show(settings, dlq_name(topics[0]), selection, record, as_json)
     else:
-        await _redrive(dlq_name(topics[0]), selection, record, again, parse_rate(rate), execute, as_json)
+        await _redrive(settings, dlq_name(topics[0]), selection, record, again, parse_rate(rate), execute, as_json)
 
 
-async def _list(names: list[str], selection: Selection, record: RedriveRecord, as_json: bool) -> None:
+async def _list(settings: Settings, names: list[str], selection: Selection, record: RedriveRecord,
+                as_json: bool) -> None:
     report: list[dict[str, Any]] = []
     for name in names:
-        found = await read_entries(name, selection)
+        found = await read_entries(settings, name, selection)
         report.append({"topic": name, "entries": len(found),
                        "classes": [group.to_json() for group in group_by_class(found, record.done)]})
     if as_json:
@@ -306,8 +309,8 @@ async def _list(names: list[str], selection: Selection, record: RedriveRecord, a
             click.echo(f"  {'':<24} e.g. {group['example'][:160]}")
 
 
-async def _show(name: str, selection: Selection, record: RedriveRecord, as_json: bool) -> None:
-    for entry in await read_entries(name, selection):
+async def _show(settings: Settings, name: str, selection: Selection, record: RedriveRecord, as_json: bool) -> None:
+    for entry in await read_entries(settings, name, selection):
         redriven = entry.position in record.done
         if as_json:
             emit_json(entry.to_json(redriven))
@@ -323,10 +326,10 @@ async def _show(name: str, selection: Selection, record: RedriveRecord, as_json:
         click.echo(f"    value:  {shown[:300]}{'…' if len(shown) > 300 else ''}")
 
 
-async def _redrive(name: str, selection: Selection, record: RedriveRecord, again: bool, rate: float | None,
-                   execute: bool, as_json: bool) -> None:
+async def _redrive(settings: Settings, name: str, selection: Selection, record: RedriveRecord, again: bool,
+                   rate: float | None, execute: bool, as_json: bool) -> None:
     base = name.removesuffix(DLQ_SUFFIX)
-    entries = await read_entries(name, selection)
+    entries = await read_entries(settings, name, selection)
     skipped: dict[str, int] = {}
     chosen: list[Entry] = []
     for entry in entries:
@@ -348,7 +351,7 @@ async def _redrive(name: str, selection: Selection, record: RedriveRecord, again
     if execute and chosen:
         redrive_id = str(uuid.uuid4())
         started = time.monotonic()
-        summary["sent"] = await _send(base, chosen, redrive_id, record, rate)
+        summary["sent"] = await _send(settings, base, chosen, redrive_id, record, rate)
         summary["redrive_id"] = redrive_id
         summary["seconds"] = round(time.monotonic() - started, 3)
     if as_json:
@@ -372,7 +375,8 @@ async def _redrive(name: str, selection: Selection, record: RedriveRecord, again
         raise ToolError(f"only {summary['sent']} of {len(chosen)} entries were acknowledged; see {record.path}")
 
 
-async def _send(topic: str, chosen: list[Entry], redrive_id: str, record: RedriveRecord, rate: float | None) -> int:
+async def _send(settings: Settings, topic: str, chosen: list[Entry], redrive_id: str, record: RedriveRecord,
+                rate: float | None) -> int:
     producer = producer_factory(settings, linger_ms=0)
     await start_client(producer, settings)
     handle = record.open()

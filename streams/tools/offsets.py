@@ -25,9 +25,9 @@ from typing import Any
 import click
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from faust.cli import AppCommand, argument, option
+from faust.cli import argument, option
 
-from faust_app import command, settings
+from streams.cli import SomaCommand, command
 from streams.kafka import consumer_factory
 from streams.tools.cluster import Cluster, GroupInfo, start_client, stop_consumer
 from streams.tools.common import JSON_OPTION, emit_json, tool_errors, wants_json
@@ -143,7 +143,7 @@ async def _group_partitions(cluster: Cluster, group: str, topics: tuple[str, ...
     JSON_OPTION,
 )
 @tool_errors
-async def offsets(self: AppCommand, action: str, group: str, topics: tuple[str, ...], partitions: tuple[int, ...],
+async def offsets(self: SomaCommand, action: str, group: str, topics: tuple[str, ...], partitions: tuple[int, ...],
                   to_earliest: bool, to_latest: bool, to_offset: int | None, to_time: str | None,
                   shift_by: int | None, execute: bool, as_json: bool) -> None:
     """Show a consumer group's offsets and lag, or reset them: ACTION is show or reset.
@@ -164,6 +164,7 @@ async def offsets(self: AppCommand, action: str, group: str, topics: tuple[str, 
     if action == "show" and (execute or any((to_earliest, to_latest, to_offset is not None, to_time, shift_by))):
         raise ArgumentError("--to-*, --shift-by and --execute are options of 'offsets reset'")
     time_ms = parse_time(to_time, int(time.time() * 1000)) if to_time else None
+    settings = self.settings
     async with Cluster(settings) as cluster:
         tps = await _group_partitions(cluster, group, topics, partitions)
         beginning = await cluster.beginning_offsets(tps)
@@ -193,8 +194,8 @@ async def _apply(cluster: Cluster, group: str, info: GroupInfo, departed_listed:
                  plan: list[PlannedOffset]) -> str:
     offsets_ = {TopicPartition(p.topic, p.partition): OffsetAndMetadata(p.after, "") for p in plan}
     if not info.members:
-        consumer = consumer_factory(settings, group_id=group)
-        await start_client(consumer, settings)
+        consumer = consumer_factory(cluster.settings, group_id=group)
+        await start_client(consumer, cluster.settings)
         try:
             consumer.assign(list(offsets_))
             await consumer.commit(offsets_)
@@ -218,8 +219,8 @@ async def _commit_as_only_member(cluster: Cluster, group: str, info: GroupInfo,
                                  offsets_: dict[TopicPartition, OffsetAndMetadata]) -> None:
     """Join the group (see the module docstring), refuse if anyone else answers, else commit and leave."""
     topics = sorted({tp.topic for tp in offsets_})
-    consumer = consumer_factory(settings, *topics, group_id=group)
-    await start_client(consumer, settings)
+    consumer = consumer_factory(cluster.settings, *topics, group_id=group)
+    await start_client(consumer, cluster.settings)
     try:
         deadline = time.monotonic() + _JOIN_TIMEOUT_SECONDS
         while not consumer.assignment():

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from faust.cli import AppCommand, argument, option
+from faust.cli import argument, option
 from pydantic import ValidationError
 
-from faust_app import command, settings
 from schemas import Envelope, SchemaError, encode_event, to_json
 from schemas.codec import validation_reason
 from streams.catalog import TopicSpec, topic_spec
+from streams.cli import SomaCommand, command
 from streams.exceptions import UnknownTopicError
 from streams.kafka import producer_factory
 from streams.tools.common import progress
@@ -72,7 +72,7 @@ def _key_of(spec: TopicSpec, event: Envelope) -> bytes:
     option("--json", "json_output", is_flag=True, default=False,
            help="Print the outcome as one JSON document on stdout: sent, skipped lines with reasons, event ids."),
 )
-async def produce(self: AppCommand, topic: str, file: str, skip_invalid: bool, as_json: bool,
+async def produce(self: SomaCommand, topic: str, file: str, skip_invalid: bool, as_json: bool,
                   json_output: bool) -> None:
     """Send JSON lines from FILE (or stdin, '-') to TOPIC as typed events.
 
@@ -115,6 +115,7 @@ async def produce(self: AppCommand, topic: str, file: str, skip_invalid: bool, a
     if not valid:
         raise click.ClickException("no events to send")
 
+    settings = self.settings
     producer = producer_factory(settings)
     try:
         await producer.start()

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
-from faust_app import Settings
+from streams.settings import Settings
 from streams.tools.exceptions import BrokerUnavailable, ToolError
 from streams.tools.scan import STALL_SECONDS, OffsetRange
 

@@ -22,14 +22,15 @@ from typing import Any
 
 import click
 from aiokafka import TopicPartition
-from faust.cli import AppCommand, argument, option
+from faust.cli import argument, option
 from pydantic import ValidationError
 
-from faust_app import command, settings
 from schemas import Envelope, SchemaError, decode_any, encode_event, new_event_id
 from schemas.codec import is_avro_framed, read_json_object, validation_reason
 from streams.catalog import CATALOG, DLQ_SUFFIX
+from streams.cli import SomaCommand, command
 from streams.kafka import producer_factory
+from streams.settings import Settings
 from streams.skips import describe_error
 from streams.tools.cluster import Cluster, start_client, stop_consumer
 from streams.tools.common import FILTER_OPTIONS, JSON_OPTION, emit_json, progress, tool_errors, wants_json
@@ -193,7 +194,7 @@ class ReplayResult:
         }
 
 
-async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = None,
+async def run_replay(settings: Settings, plan: ReplayPlan, on_total: Callable[[int], None] | None = None,
                      on_progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Scan the selection and, when ``plan.execute``, send it; the engine of ``soma replay`` (and its bench)."""
     selection = plan.selection
@@ -229,7 +230,7 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
             await sender.partitions(plan.destination)
         started = time.monotonic()
         if sender is not None and consumer is None:
-            await _copy_everything(plan, ranges, stats, result, sender, on_progress, replay_id or "")
+            await _copy_everything(settings, plan, ranges, stats, result, sender, on_progress, replay_id or "")
         else:
             await _copy(plan, ranges, stats, result, consumer, sender, on_progress, replay_id or "")
         if sender is not None:
@@ -244,7 +245,7 @@ async def run_replay(plan: ReplayPlan, on_total: Callable[[int], None] | None = 
     return result
 
 
-async def _copy_everything(plan: ReplayPlan, ranges: dict[TopicPartition, OffsetRange],
+async def _copy_everything(settings: Settings, plan: ReplayPlan, ranges: dict[TopicPartition, OffsetRange],
                            stats: dict[int, PartitionStats], result: ReplayResult, sender: BatchSender,
                            on_progress: Callable[[int], None] | None, replay_id: str) -> None:
     """The loop of an unfiltered, unpaced copy (time bounds allowed): per record only the headers, the
@@ -417,7 +418,7 @@ def _print_text(result: ReplayResult) -> None:
     JSON_OPTION,
 )
 @tool_errors
-async def replay(self: AppCommand, source: str, destination: str, start_offset: int | None, end_offset: int | None,
+async def replay(self: SomaCommand, source: str, destination: str, start_offset: int | None, end_offset: int | None,
                  partitions: tuple[int, ...], keys: tuple[str, ...], tenants: tuple[str, ...],
                  headers: tuple[str, ...], fields: tuple[str, ...], since: str | None, until: str | None,
                  rate: str | None, new_ids: bool, assignments: tuple[str, ...], sample: int, execute: bool,
@@ -458,7 +459,7 @@ async def replay(self: AppCommand, source: str, destination: str, start_offset: 
         sample=sample,
     )
     with progress(0, "replaying" if execute else "scanning") as bar:
-        result = await run_replay(plan, on_total=lambda total: setattr(bar, "length", total),
+        result = await run_replay(self.settings, plan, on_total=lambda total: setattr(bar, "length", total),
                                   on_progress=bar.update)
     if as_json or wants_json(self, as_json):
         emit_json(result.to_json())

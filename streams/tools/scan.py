@@ -15,8 +15,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faust_app import Settings
 from streams.kafka import RangeReadError, consumer_factory, read_ranges
+from streams.settings import Settings
 from streams.tools.cluster import start_client
 from streams.tools.exceptions import ToolError
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 from aiokafka import TopicPartition
-from faust.cli import AppCommand, argument, option
+from faust.cli import argument, option
 
-from faust_app import command, settings
 from streams.catalog import DLQ_SUFFIX, topic_spec
+from streams.cli import SomaCommand, command
 from streams.dlq import parse_dlq_headers
 from streams.exceptions import UnknownTopicError
 from streams.tools.cluster import Cluster, stop_consumer
@@ -63,7 +63,7 @@ def record_line(topic: str, message: Any, decoded: Any = None) -> dict[str, Any]
            help="Without --follow, give up after this many seconds without records although more were expected."),
 )
 @tool_errors
-async def tail(self: AppCommand, topic: str, start: str | None, offset: int | None, partitions: tuple[int, ...],
+async def tail(self: SomaCommand, topic: str, start: str | None, offset: int | None, partitions: tuple[int, ...],
                keys: tuple[str, ...], tenants: tuple[str, ...], headers: tuple[str, ...], fields: tuple[str, ...],
                since: str | None, until: str | None, follow: bool, limit: int, idle_timeout: float) -> None:
     """Print the events of TOPIC, one JSON object per line, decoded from Avro or JSON.
@@ -90,6 +90,7 @@ async def tail(self: AppCommand, topic: str, start: str | None, offset: int | No
         raise ArgumentError("--limit must be 0 (no limit) or more")
     now = int(time.time() * 1000)
     selected = RecordFilter.from_options(keys, tenants, headers, fields, partitions, TimeRange.parse(since, until, now))
+    settings = self.settings
     async with Cluster(settings) as cluster:
         if topic not in await cluster.topics():
             try:

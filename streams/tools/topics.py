@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 from aiokafka import TopicPartition
-from faust.cli import AppCommand, option
+from faust.cli import option
 
-from faust_app import command, settings
 from streams.catalog import CATALOG
+from streams.cli import SomaCommand, command
 from streams.tools.cluster import Cluster
 from streams.tools.common import JSON_OPTION, emit_json, tool_errors, wants_json
 
@@ -38,7 +38,7 @@ async def topic_report(cluster: Cluster, everything: bool = False,
     present = await cluster.topics()
     group_names = list(groups) or await cluster.groups()
     described = await cluster.describe_groups(group_names)
-    names = _our_topics(present, {group.split(".")[0] for group in group_names} | {settings.app_id}, everything)
+    names = _our_topics(present, {group.split(".")[0] for group in group_names} | {cluster.settings.app_id}, everything)
     tps = [TopicPartition(name, p) for name in names for p in await cluster.partitions(name)]
     begins = await cluster.beginning_offsets(tps)
     ends = await cluster.end_offsets(tps)
@@ -85,7 +85,7 @@ async def topic_report(cluster: Cluster, everything: bool = False,
     JSON_OPTION,
 )
 @tool_errors
-async def topics(self: AppCommand, everything: bool, groups: tuple[str, ...], show_partitions: bool,
+async def topics(self: SomaCommand, everything: bool, groups: tuple[str, ...], show_partitions: bool,
                  as_json: bool) -> None:
     """List our topics: partitions, start and end offsets, records retained, and each group's lag.
 
@@ -99,6 +99,7 @@ async def topics(self: AppCommand, everything: bool, groups: tuple[str, ...], sh
       soma topics --group soma-streams.locks --partitions
       soma topics --json | jq '.topics[] | {topic, records}'
     """
+    settings = self.settings
     async with Cluster(settings) as cluster:
         report = await topic_report(cluster, everything, groups)
     if wants_json(self, as_json):

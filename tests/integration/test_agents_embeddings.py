@@ -19,9 +19,9 @@ import pytest
 
 from agents.memory import memory_from_settings, point_id
 from connectors.vectors import VectorStore
-from faust_app import Settings
 from schemas import EmbeddingJob, decode_event
 from streams.dlq import parse_dlq_headers
+from streams.settings import Settings
 from tests.integration.conftest import Stack
 from tests.support.embedding_client import EmbeddingClient
 from tests.support.stack import start_broker

@@ -18,15 +18,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
-from faust_app import Settings
 from schemas import LockCommand, LockState, caused_by, decode_event, encode_event, new_event_id
 from streams.catalog import TopicSpec, ensure_topics
 from streams.dlq import parse_dlq_headers
-from streams.engine import AgentRunner, AgentSpec, Batch, BatchStream
+from streams.engine import AgentContext, AgentSpec, Batch, BatchStream
 from streams.engine.dedupe import SEEN_TABLE
 from streams.engine.runner import REROUTED_FROM
-from streams.kafka import admin_factory, producer_factory
-from tests.support.stack import TopicReader, json_bytes, produce_raw, start_broker
+from streams.kafka import admin_factory
+from streams.settings import Settings
+from tests.support.engine import AgentHarness
+from tests.support.stack import TopicReader, json_bytes, start_broker
 
 ADMIN = {"user": "root", "roles": ["admin"]}
 
@@ -36,7 +37,7 @@ def _command(tenant: str, reason: str = "ok", **fields: Any) -> LockCommand:
                                        "reason": reason, **ADMIN, **fields})
 
 
-async def _isolation_agent(stream: BatchStream[LockCommand]) -> None:
+async def _isolation_agent(stream: BatchStream[LockCommand], context: AgentContext) -> None:
     """Answers every command once; ``reason`` steers the failures (crash, fail, huge)."""
     async for batch in stream:
         for record in batch:
@@ -65,38 +66,18 @@ def _answer(batch: Batch[LockCommand], command: LockCommand) -> None:
     batch.emit(_OUT, command.tenant, event)
 
 
-class Harness:
+class Harness(AgentHarness):
+    """The isolation agent's runner, with readers of its output and of its DLQ."""
+
     def __init__(self, bootstrap: str, spec: AgentSpec, settings: Settings, out: TopicReader,
                  dlq: TopicReader) -> None:
-        self.bootstrap = bootstrap
-        self.spec = spec
-        self.settings = settings
+        super().__init__(bootstrap, spec, settings)
         self.out = out
         self.dlq = dlq
-        self.runner: AgentRunner | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._producer: Any = None
 
-    async def start(self) -> Harness:
-        self._producer = producer_factory(self.settings, max_batch_size=256 * 1024, max_request_size=1024 * 1024)
-        await self._producer.start()
-        self.runner = AgentRunner(self.spec, self.settings, self._producer)
-        self._task = asyncio.create_task(self.runner.run())
-        await asyncio.wait_for(self.runner.ready.wait(), 60)
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.stop()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._producer is not None:
-            await self._producer.stop()
-
-    async def send(self, *commands: LockCommand, key: Callable[[LockCommand], bytes | None] | None = None) -> None:
-        messages = [((key or (lambda c: c.tenant.encode()))(c), encode_event(c)) for c in commands]
-        await produce_raw(self.bootstrap, self.spec.topic.name, messages)
+    async def send_commands(self, *commands: LockCommand,
+                            key: Callable[[LockCommand], bytes | None] | None = None) -> None:
+        await self.send(commands, key or (lambda c: c.tenant.encode()))
 
     def answers(self, command_id: str) -> list[Any]:
         return [r for r in self.out.seen if decode_event(r.value or b"", LockState).causation_id == command_id]
@@ -132,7 +113,8 @@ async def harness_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         dlq = await TopicReader(broker.bootstrap_servers, topic.dlq).start()
         readers.extend([out, dlq])
         spec = AgentSpec("isolation", topic, _isolation_agent, tables=(SEEN_TABLE,))
-        harness = await Harness(broker.bootstrap_servers, spec, settings, out, dlq).start()
+        harness = Harness(broker.bootstrap_servers, spec, settings, out, dlq)
+        await harness.start()
         made.append(harness)
         return harness
 
@@ -152,7 +134,7 @@ async def test_a_record_that_crashes_the_agent_is_quarantined_and_the_rest_answe
     good = [_command(tenant) for _ in range(30)]
     poison = _command(tenant, reason="crash")
     commands = [*good[:11], poison, *good[11:]]
-    await harness.send(*commands)
+    await harness.send_commands(*commands)
 
     await harness.wait_answered([c.event_id for c in good])
     letters = await harness.dlq.wait_for(lambda r: True, timeout=60)
@@ -165,7 +147,7 @@ async def test_a_record_that_crashes_the_agent_is_quarantined_and_the_rest_answe
     assert harness.runner.quarantined == 1
 
     after = _command(tenant)
-    await harness.send(after)
+    await harness.send_commands(after)
     await harness.wait_answered([after.event_id])
     assert len(harness.dlq.seen) == 1
 
@@ -177,7 +159,7 @@ async def test_an_output_that_can_never_be_sent_fails_only_its_record(
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     good = [_command(tenant) for _ in range(8)]
     guarded, unguarded = _command(tenant, reason="huge"), _command(tenant, reason="huge-unguarded")
-    await harness.send(*good[:3], guarded, *good[3:6], unguarded, *good[6:])
+    await harness.send_commands(*good[:3], guarded, *good[3:6], unguarded, *good[6:])
 
     await harness.wait_answered([c.event_id for c in good])
     letters = await harness.dlq.wait_for(lambda r: True, timeout=60, count=2)
@@ -199,7 +181,7 @@ async def test_a_failure_inside_the_guard_leaves_no_write_and_no_output_so_a_red
     harness = await harness_factory()
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     failing = _command(tenant, reason="fail")
-    await harness.send(failing)
+    await harness.send_commands(failing)
     letters = await harness.dlq.wait_for(lambda r: True, timeout=60)
     assert parse_dlq_headers(letters[0].headers).error_class == "ValueError"
     assert harness.answers(failing.event_id) == []  # the output emitted before the failure was undone
@@ -207,7 +189,7 @@ async def test_a_failure_inside_the_guard_leaves_no_write_and_no_output_so_a_red
 
     # Re-driven as it is (same event id): its 'seen' write was undone too, so it is handled again.
     redriven = failing.model_copy(update={"reason": "ok"})
-    await harness.send(redriven)
+    await harness.send_commands(redriven)
     await harness.wait_answered([failing.event_id])
 
 
@@ -217,9 +199,9 @@ async def test_wrongly_keyed_records_are_rerouted_and_processed_once_under_the_r
     harness = await harness_factory()
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     null_keyed, wrong_keyed, right = _command(tenant), _command(tenant), _command(tenant)
-    await harness.send(null_keyed, key=lambda c: None)
-    await harness.send(wrong_keyed, key=lambda c: b"someone-else")
-    await harness.send(right)
+    await harness.send_commands(null_keyed, key=lambda c: None)
+    await harness.send_commands(wrong_keyed, key=lambda c: b"someone-else")
+    await harness.send_commands(right)
     await harness.wait_answered([null_keyed.event_id, wrong_keyed.event_id, right.event_id])
     await asyncio.sleep(1.0)  # time for a second answer, were there one
     await harness.out.poll()

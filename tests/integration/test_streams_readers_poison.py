@@ -16,10 +16,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.broker import EmbeddedBroker
-from faust_app import Settings
 from schemas import LockState, decode_event, encode_event, to_json_dict
 from streams.catalog import LOCK_COMMANDS, LOCK_STATE, all_topics, ensure_topics
 from streams.metrics import RECORDS_SKIPPED
+from streams.settings import Settings
 from streams.views import TopicView
 from tests.support.cli import soma
 from tests.support.poison import poison_values

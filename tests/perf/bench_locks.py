@@ -51,9 +51,9 @@ from aiokafka.admin import NewTopic
 
 from agents.locks import LockPolicy, LockRecord, decide, rejected_key
 from connectors.broker import free_port
-from faust_app import settings as soma_settings
 from schemas import LockCommand, LockState, decode_event, encode_event
 from streams.catalog import LOCK_COMMANDS, LOCK_STATE, all_topics
+from streams.settings import Settings
 from tests.perf.common import (
     PARTITIONS,
     QUIX_PYTHON,
@@ -76,6 +76,8 @@ from tests.support.stack import (
     start_broker,
     start_redis_server,
 )
+
+soma_settings = Settings.from_env()
 
 TARGET_RATIO = 5.0
 NAIVE_INPUT = "naive.lock.commands"
@@ -206,12 +208,7 @@ class Expected:
 
 
 def reference(workload: Workload) -> Expected:
-    policy = LockPolicy(
-        admin_roles=frozenset(soma_settings.admin_roles),
-        admin_users=frozenset(soma_settings.admin_users),
-        default_ttl_seconds=soma_settings.lock_default_ttl_seconds,
-        max_ttl_seconds=soma_settings.lock_max_ttl_seconds,
-    )
+    policy = LockPolicy.from_settings(soma_settings)
     now = int(time.time() * 1000)
     final: dict[str, FinalState] = {}
     statuses: Counter[str] = Counter()
@@ -230,47 +227,27 @@ def reference(workload: Workload) -> Expected:
 # -- processes ----------------------------------------------------------------------------------------
 
 
-class NaiveWorker:
+class NaiveWorker(Process):
     """``faust worker`` on ``tests.perf.naive_locks_app`` in its own process."""
 
     def __init__(self, bootstrap: str, workdir: Path) -> None:
         self.bootstrap = bootstrap
-        self.workdir = workdir
         self.app_id = f"naive-locks-{uuid.uuid4().hex[:8]}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path: Path | None = None
-
-    def start(self) -> NaiveWorker:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / "naive-worker.log"
         env = {
-            **os.environ,
-            "NAIVE_BOOTSTRAP": self.bootstrap,
+            "NAIVE_BOOTSTRAP": bootstrap,
             "NAIVE_APP_ID": self.app_id,
             "NAIVE_INPUT_TOPIC": NAIVE_INPUT,
             "NAIVE_OUTPUT_TOPIC": NAIVE_OUTPUT,
-            "NAIVE_DATA_DIR": str(self.workdir / "data"),
+            "NAIVE_DATA_DIR": str(workdir / "data"),
             "NAIVE_PARTITIONS": str(PARTITIONS),
             # faust_app (imported for the rules) reads these; keep it away from anything real.
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "SOMA_DATA_DIR": str(self.workdir / "soma-data"),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "SOMA_DATA_DIR": str(workdir / "soma-data"),
             "PYTHONUNBUFFERED": "1",
         }
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", "tests.perf.naive_locks_app", "worker", "-l", "warn",
-                 "--without-web"],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def tail_log(self, lines: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        _terminate(self.process)
+        argv = [sys.executable, "-m", "faust", "-A", "tests.perf.naive_locks_app", "worker", "-l", "warn",
+                "--without-web"]
+        super().__init__(argv, env, workdir, log_name="naive-worker.log")
 
 
 def quix_worker(bootstrap: str, workdir: Path) -> Process:
@@ -334,8 +311,7 @@ def run_contestant(name: str, workload: Workload, args: argparse.Namespace, work
         broker = start_broker(contestant_dir)
         stack.callback(broker.stop)
         bootstrap = broker.bootstrap_servers
-        broker_process = getattr(broker, "_process", None)
-        broker_pid = broker_process.pid if broker_process is not None else None
+        broker_pid = broker.pid
 
         if name == "ours":
             in_topic, out_topic = LOCK_COMMANDS.name, LOCK_STATE.name

@@ -117,11 +117,13 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
 
 def run_ours(bootstrap: str, destination: str) -> dict[str, Any]:
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+    from streams.settings import Settings
     from streams.tools.replay import ReplayPlan, run_replay
     from streams.tools.selection import RecordFilter
 
     started, cpu = time.monotonic(), time.process_time()
-    result = asyncio.run(run_replay(ReplayPlan(SOURCE, destination, RecordFilter(), execute=True, sample=0)))
+    plan = ReplayPlan(SOURCE, destination, RecordFilter(), execute=True, sample=0)
+    result = asyncio.run(run_replay(Settings.from_env(), plan))
     return {"sent": result.sent, "seconds": result.seconds, "wall": time.monotonic() - started,
             "cpu": time.process_time() - cpu}
 

@@ -42,10 +42,10 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
-from faust_app import Settings
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
 from streams.engine.recovery import restore_tables
 from streams.engine.state import Table
+from streams.settings import Settings
 from streams.web import partition_for
 from tests.perf.common import PARTITIONS, BenchError, create_topics
 

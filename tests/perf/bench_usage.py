@@ -225,8 +225,7 @@ def run_contestant(name: str, workload: Workload, args: argparse.Namespace, work
         broker = start_broker(contestant_dir)
         stack.callback(broker.stop)
         bootstrap = broker.bootstrap_servers
-        broker_process = getattr(broker, "_process", None)
-        broker_pid = broker_process.pid if broker_process is not None else None
+        broker_pid = broker.pid
         redis_url = ""
         if name == "ours":  # the worker runs every agent; the lock agent wants its Redis mirror
             port = free_port()

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from connectors.process import ManagedProcess, stop_process
 from streams.catalog import ensure_topics
 from tests.support.stack import REPO_ROOT, Consumed, TopicReader, produce_raw
 
@@ -55,38 +56,27 @@ class BenchError(Exception):
 
 
 def terminate(process: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    """SIGTERM, then SIGKILL after ``grace`` seconds (a Redis server the benchmark started, a worker)."""
+    stop_process(process, grace)
 
 
-class Process:
+class Process(ManagedProcess):
     """A contestant's worker process (a naive Faust app, a Quix pipeline) with its log."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], workdir: Path) -> None:
+    stop_timeout = 15.0
+
+    def __init__(self, argv: list[str], env: dict[str, str], workdir: Path, log_name: str = "worker.log") -> None:
         self.argv, self.env, self.workdir = argv, env, workdir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "worker.log"
+        self.log_path = workdir / log_name
+
+    @property
+    def label(self) -> str:
+        return f"contestant worker ({' '.join(self.argv[1:3])})"
 
     def start(self) -> Process:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, cwd=REPO_ROOT, env={**os.environ, **self.env},
-                                            stdout=log, stderr=subprocess.STDOUT)
+        self.spawn(self.argv, env={**os.environ, **self.env}, cwd=REPO_ROOT)
         return self
-
-    def tail_log(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        terminate(self.process)
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -118,14 +108,7 @@ class Profiler:
         )
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, 30, first_signal=signal.SIGINT)  # SIGINT makes py-spy write its profile
 
 
 def summarize_profile(path: Path, top: int = 15) -> str:

@@ -25,11 +25,11 @@ from typing import Any
 
 import faust
 
-# The rules first: importing them loads ``faust_app`` (the engine's runner imports its Settings), which
-# creates the project's own App. Creating ours afterwards keeps ours the "current" Faust app.
 from agents.locks import LockPolicy, LockRecord, decide, expire, rejected_key, state_event
-from faust_app import settings as soma_settings
 from schemas import LockCommand, decode_event, encode_event
+from streams.settings import Settings
+
+soma_settings = Settings.from_env()
 
 BOOTSTRAP = os.environ.get("NAIVE_BOOTSTRAP", "127.0.0.1:9092")
 APP_ID = os.environ.get("NAIVE_APP_ID", "naive-locks")
@@ -66,12 +66,7 @@ locks = app.Table("locks", default=None, partitions=PARTITIONS, key_type=str)
 #: event id -> epoch ms until which it is remembered
 seen = app.Table("seen", default=None, partitions=PARTITIONS, key_type=str)
 
-policy = LockPolicy(
-    admin_roles=frozenset(soma_settings.admin_roles),
-    admin_users=frozenset(soma_settings.admin_users),
-    default_ttl_seconds=soma_settings.lock_default_ttl_seconds,
-    max_ttl_seconds=soma_settings.lock_max_ttl_seconds,
-)
+policy = LockPolicy.from_settings(soma_settings)
 dedupe_ttl_ms = soma_settings.dedupe_ttl_seconds * 1000
 
 

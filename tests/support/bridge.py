@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from connectors.broker import free_port
+from connectors.process import free_port
 from schemas import TurnEvent, encode_event
 from streams.bridge.auth import mint_token
-from tests.support.stack import REPO_ROOT
+from tests.support.stack import SomaProcess
 
 TEST_SECRET = "test-secret-of-the-bridge-0123456789abcdef"
 
 
 @dataclass
-class BridgeProcess:
+class BridgeProcess(SomaProcess):
     """``soma bridge`` in its own process on a fixed port (a restart keeps the address)."""
 
     bootstrap: str
@@ -31,6 +27,8 @@ class BridgeProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+
+    subcommand = "bridge"
 
     @property
     def url(self) -> str:
@@ -52,48 +50,13 @@ class BridgeProcess:
         return env
 
     def start(self, wait: bool = True) -> BridgeProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"bridge-{int(time.time() * 1000)}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "faust_app", "bridge"], cwd=REPO_ROOT,
-                                            env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        self.spawn_soma()
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.process.returncode}:\n{self.tail_log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"bridge not ready after {timeout} s:\n{self.tail_log()}")
-
-    def tail_log(self, lines: int = 60) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self.wait_until_ready(timeout, url=f"{self.url}/readyz", interval=0.1)
 
 
 def token(tenant: str, scopes: tuple[str, ...] = ("events:read", "turns:write"), ttl: int = 3600, **extra: Any) -> str:

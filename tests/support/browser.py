@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from connectors.process import stop_process
 from tests.support.stack import MissingDependency
 
 __all__ = ["Chromium", "find_chromium"]
@@ -112,10 +113,5 @@ class Chromium:
             await self.ws.close()
         if self.http is not None:
             await self.http.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, 10.0)
         shutil.rmtree(self.profile, ignore_errors=True)

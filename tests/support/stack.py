@@ -6,11 +6,11 @@ instead of skipping.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.broker import EmbeddedBroker, free_port, port_answers
+from connectors.process import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,8 +68,37 @@ def start_redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+class SomaProcess(ManagedProcess):
+    """A ``soma`` subcommand as the tests run it: a fresh log per start in ``workdir``, the repo as cwd.
+
+    Start failures raise ``RuntimeError`` (it exited) and ``TimeoutError`` (not ready in time), and
+    quote a long log tail: a test failing at startup should say why without opening the log.
+    """
+
+    start_error = RuntimeError
+    not_ready_error = TimeoutError
+    stop_timeout = 20.0
+    error_tail_lines = 60
+    #: The ``soma`` subcommand, also what the process is called in messages.
+    subcommand: str
+    workdir: Path
+
+    @property
+    def label(self) -> str:
+        return self.subcommand
+
+    @abc.abstractmethod
+    def env(self) -> dict[str, str]:
+        """The child's environment."""
+
+    def spawn_soma(self, *options: str) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / f"{self.subcommand}-{int(time.time() * 1000)}.log"
+        self.spawn([sys.executable, "-m", "faust_app", self.subcommand, *options], env=self.env(), cwd=REPO_ROOT)
+
+
 @dataclass
-class WorkerProcess:
+class WorkerProcess(SomaProcess):
     """``soma worker`` in its own process, with its own app id, data dir and ports."""
 
     bootstrap: str
@@ -78,6 +108,8 @@ class WorkerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+
+    subcommand = "worker"
 
     def env(self) -> dict[str, str]:
         env = {
@@ -94,48 +126,12 @@ class WorkerProcess:
         return env
 
     def start(self) -> WorkerProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"worker-{int(time.time() * 1000)}.log"
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust_app", "worker", "-l", "info"],
-            cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        self.spawn_soma("-l", "info")
         return self
 
     def wait_ready(self, agent: str = "locks", timeout: float = 90.0) -> None:
         """Block until the agent logged that it owns its partitions."""
-        assert self.log_path is not None and self.process is not None
-        needle = f"agent {agent}: ready on partitions"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.tail_log()}")
-            if needle in self.log_path.read_text(errors="replace"):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.tail_log()}")
-
-    def tail_log(self, lines: int = 60) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to flush or commit."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self.wait_until_ready(timeout, line=f"agent {agent}: ready on partitions")
 
 
 def start_broker(workdir: Path) -> EmbeddedBroker:

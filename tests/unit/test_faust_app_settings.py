@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import faust_app
-from faust_app import Settings, SettingsError
+from streams.settings import Settings, SettingsError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

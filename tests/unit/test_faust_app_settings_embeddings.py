@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from faust_app import Settings, SettingsError
+from streams.settings import Settings, SettingsError
 
 
 def test_defaults_are_the_embedded_local_stack() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from connectors import local_stack
 from connectors.broker import free_port
-from faust_app import Settings, SettingsError
 from streams.kafka import consumer_factory
+from streams.settings import Settings, SettingsError
 
 
 def test_defaults_are_dynamic_membership_with_a_session_every_kafka_accepts() -> None:

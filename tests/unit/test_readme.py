@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faust_app import Settings
 from streams.catalog import CATALOG
+from streams.settings import Settings
+from streams.settings.readme import BEGIN, END, settings_tables
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -13,6 +14,14 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 def test_every_setting_is_documented_in_the_readme() -> None:
     missing = [field.alias for field in Settings.model_fields.values() if f"`{field.alias}`" not in README]
     assert not missing, f"settings missing from README.md: {missing}"
+
+
+def test_the_settings_table_is_the_one_generated_from_the_sections() -> None:
+    written = README[README.index(BEGIN):README.index(END) + len(END)]
+    assert written == settings_tables(), (
+        "README.md's settings table differs from the settings in streams/settings/: "
+        "run `python -m streams.settings.readme --write README.md`"
+    )
 
 
 def test_every_topic_is_documented_in_the_readme() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from agents.budgets import Budget, Budgets, crossed
 from agents.exceptions import BudgetFileError
-from faust_app import Settings
+from streams.settings import Settings
 
 
 @pytest.fixture

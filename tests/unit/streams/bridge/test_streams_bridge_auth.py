@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from faust_app import Settings
 from streams.bridge.auth import Principal, TokenVerifier, mint_token
 from streams.bridge.exceptions import Forbidden, Unauthorized
+from streams.settings import Settings
 
 SECRET = "unit-test-secret-0123456789abcdef0123456789"
 

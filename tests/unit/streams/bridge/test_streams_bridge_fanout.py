@@ -12,12 +12,12 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 import streams.bridge.fanout as fanout_module
-from faust_app import Settings
 from schemas import to_json_dict
 from streams.bridge.exceptions import BadCursor
 from streams.bridge.fanout import CUT, Cursor, Delivery, FanOut, Subscriber
 from streams.bridge.metrics import BridgeMetrics
 from streams.catalog import CONVERSATION_EVENTS
+from streams.settings import Settings
 from tests.support.bridge import turn_event
 from tests.support.poison import poison_values
 

@@ -11,17 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faust_app import Settings
 from streams.catalog import LOCK_COMMANDS
 from streams.engine.dedupe import SEEN_TABLE, SeenIds
 from streams.engine.runner import AgentRunner, AgentSpec
 from streams.engine.state import Table
 from streams.engine.stream import Batch
+from streams.settings import Settings
 
 NOW = 1_700_000_000_000
 
 
-async def _noop(stream: Any) -> None:
+async def _noop(stream: Any, context: Any) -> None:
     return None
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from faust_app import Settings
 from streams.catalog import EMBEDDING_JOBS
 from streams.engine.runner import AgentRunner, AgentSpec
+from streams.settings import Settings
 
 
-async def _noop(stream: Any) -> None:
+async def _noop(stream: Any, context: Any) -> None:
     return None
 
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from faust_app import Settings
 from streams.catalog import LOCK_COMMANDS, USAGE_EVENTS
 from streams.engine.recovery import PartitionRestore, plan_restore, readiness
 from streams.engine.runner import AgentRunner, AgentSpec
+from streams.settings import Settings
 from streams.supervise import retry_delays
 
 CHANGELOG = "app.locks.seen.changelog"
@@ -43,7 +43,7 @@ def test_retries_wait_one_second_doubling_to_thirty() -> None:
     assert list(itertools.islice(retry_delays(0.5, 1.5), 4)) == [0.5, 1, 1.5, 1.5]
 
 
-async def _noop(stream: Any) -> None:
+async def _noop(stream: Any, context: Any) -> None:
     return None
 
 
