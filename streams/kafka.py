@@ -1,10 +1,14 @@
-"""Kafka clients built from the app's settings, so every tool and agent talks to the cluster alike."""
+"""Kafka clients built from the app's settings, so every tool and agent talks to the cluster alike.
+
+:func:`read_ranges` is the one reader of "these partitions from these offsets to those ends": table
+restores, the bridge's catch-up of a resuming client and the tools' scans all read with it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -100,18 +104,25 @@ async def high_watermarks(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartiti
 
 
 class RangeReadError(KafkaError):
-    """A range read did not reach the end of its ranges in time (``timeout`` or ``stall_timeout``)."""
+    """A range read did not reach the end of its ranges in time (``timeout`` or ``stall_timeout``).
+
+    ``remaining`` maps each partition not read to its end to that end, so a caller can say which.
+    """
+
+    def __init__(self, message: str, remaining: Mapping[TopicPartition, int]) -> None:
+        super().__init__(message)
+        self.remaining = dict(remaining)
 
 
 async def read_ranges(
     consumer: AIOKafkaConsumer,
     ranges: Mapping[TopicPartition, tuple[int, int]],
     *,
-    max_records: int = 2_000,
+    max_records: int | None = None,
     timeout: float | None = None,
     stall_timeout: float | None = None,
     fetch_timeout_ms: int = 200,
-) -> AsyncIterator[tuple[TopicPartition, list[Any]]]:
+) -> AsyncGenerator[tuple[TopicPartition, list[Any]], None]:
     """Yield the records of ``[start, end)`` of each partition, as ``(partition, records in offset order)``.
 
     ``consumer`` is started and has no group; its assignment is replaced by the partitions of
@@ -120,12 +131,17 @@ async def read_ranges(
     compacted partition may have no record there. The broker's own end offsets are never asked (the
     embedded broker undercounts them, see :func:`high_watermarks`).
 
-    ``max_records`` bounds what one fetch hands out, and the loop yields to the event loop before each
-    fetch (a fetch whose records are already buffered does not suspend): a bulk read of millions of
-    records then holds the event loop for one fetch's worth of the caller's work at a time, not for the
-    whole read. ``timeout`` (seconds for the whole read) and ``stall_timeout`` (seconds without a record
-    while records are expected) raise :class:`RangeReadError`; each is checked after a fetch, so every
-    call makes progress before it can time out.
+    ``max_records`` bounds what one fetch hands out (None: the consumer's ``max_poll_records``), and
+    the loop yields to the event loop before each fetch (a fetch whose records are already buffered
+    does not suspend): a bulk read of millions of records then holds the event loop for one fetch's
+    worth of the caller's work at a time, not for the whole read. Records are fetched only as the
+    caller asks for them, so a slow caller holds at most one fetch and the consumer's prefetch.
+
+    ``timeout`` (seconds for the whole read) and ``stall_timeout`` (seconds without a record while
+    records are expected) raise :class:`RangeReadError`; each is checked after a fetch, so every call
+    makes progress before it can time out. A read that failed resumes where it stopped when it is
+    called again with the ranges starting after the last record the caller used (a restore retries
+    from what its stores applied).
     """
     active = {tp: (start, end) for tp, (start, end) in ranges.items() if end > start}
     if not active:
@@ -154,11 +170,16 @@ async def read_ranges(
                     consumer.pause(tp)
             if not active:
                 break
-            left = ", ".join(f"{tp.topic}[{tp.partition}] at {end}" for tp, (_, end) in sorted(active.items()))
             if timeout is not None and now - started > timeout:
-                raise RangeReadError(f"reading to {left} did not finish within {timeout:g} s")
+                raise RangeReadError(f"reading to {_ends(active)} did not finish within {timeout:g} s",
+                                     {tp: end for tp, (_, end) in active.items()})
             if stall_timeout is not None and now - last_progress > stall_timeout:
-                raise RangeReadError(f"no records for {stall_timeout:g} s while reading to {left}")
+                raise RangeReadError(f"no records for {stall_timeout:g} s while reading to {_ends(active)}",
+                                     {tp: end for tp, (_, end) in active.items()})
     finally:
         for tp in consumer.assignment():
             consumer.pause(tp)
+
+
+def _ends(active: Mapping[TopicPartition, tuple[int, int]]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}] at {end}" for tp, (_, end) in sorted(active.items()))

@@ -25,6 +25,7 @@ from streams.kafka import consumer_factory, high_watermarks
 from streams.metrics import RECORDS_SKIPPED
 from streams.settings import Settings
 from streams.skips import SkippedRecords
+from streams.supervise import supervise
 
 __all__ = ["TopicView"]
 
@@ -71,7 +72,8 @@ class TopicView(Generic[E]):
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"view-{self.topic.name}")
+            self._task = asyncio.create_task(supervise(f"view of {self.topic.name}", self._read, log=logger),
+                                             name=f"view-{self.topic.name}")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -80,22 +82,15 @@ class TopicView(Generic[E]):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self) -> None:
-        backoff = 1.0
-        while True:
-            consumer = consumer_factory(self.settings, group_id=None, auto_offset_reset="earliest")
-            try:
-                await consumer.start()
-                await self._follow(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("view of %s failed; restarting in %.0f s", self.topic.name, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+    async def _read(self) -> None:
+        """Read the topic with a consumer of its own; a restart reads it again from the beginning."""
+        consumer = consumer_factory(self.settings, group_id=None, auto_offset_reset="earliest")
+        try:
+            await consumer.start()
+            await self._follow(consumer)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         await consumer.topics()  # loads the metadata partitions_for_topic answers from

@@ -34,6 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,9 +43,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas import decode_event, to_json
 from streams.bridge.exceptions import BadCursor, CatchUpFailed
 from streams.catalog import TopicSpec, all_topics, ensure_topics
-from streams.kafka import admin_factory, consumer_factory
+from streams.kafka import RangeReadError, admin_factory, consumer_factory, read_ranges
 from streams.settings import Settings
 from streams.skips import SkippedRecords
+from streams.supervise import Restart, supervise
 
 __all__ = ["CUT", "Cursor", "Delivery", "FanOut", "Subscriber", "decode_record", "read_backlog"]
 
@@ -248,17 +250,26 @@ class FanOut:
     # -- the reader -----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self.consumer is not None
+        # A fetch that fails (the broker went away) is retried every second: a bridge serves live
+        # events, and a growing backoff would delay them long after the broker is back.
+        await supervise("fan-out reader", self._read, log=logger, on_failure=self._read_failed,
+                        first_delay=1.0, max_delay=1.0)
+
+    async def _read_failed(self, exc: Exception, backoff: float) -> Restart:
+        self.healthy = False
+        return Restart(backoff)
+
+    async def _read(self) -> None:
+        """Hand out records from the live positions on; a restart resumes exactly where the last run stopped."""
+        consumer = self.consumer
+        assert consumer is not None
+        for topic, positions in self.live.items():
+            for partition, position in positions.items():
+                # A run that failed between two slices of a fetch leaves the consumer past records not
+                # handed out yet; ``live`` is where handing out stopped.
+                consumer.seek(TopicPartition(topic, partition), position)
         while True:
-            try:
-                fetched = await self.consumer.getmany(timeout_ms=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.healthy = False
-                logger.exception("fan-out fetch failed; retrying")
-                await asyncio.sleep(1)
-                continue
+            fetched = await consumer.getmany(timeout_ms=500)
             self.healthy = True
             self.last_fetch = time.monotonic()
             for tp, records in fetched.items():
@@ -375,38 +386,27 @@ async def read_backlog(settings: Settings, spec: TopicSpec, ranges: dict[int, tu
                        wanted: Any, skips: SkippedRecords | None = None) -> AsyncIterator[Delivery]:
     """Read ``[begin, end)`` of each partition with a short-lived consumer of its own (no group).
 
-    Done when the consumer's position reaches ``end`` on every partition — the broker's end offsets are
-    not asked (the embedded broker's are unreliable); ``end`` is a position the live reader has reached,
-    so the records below it exist.
+    Read with :func:`streams.kafka.read_ranges`: done when the consumer's position reaches ``end`` on
+    every partition (the broker's end offsets are not asked: the embedded broker's are unreliable);
+    ``end`` is a position the live reader has reached, so the records below it exist. Records are
+    fetched as the client's writer takes them, so a slow client holds one fetch, not its whole backlog.
     """
+    timeout = settings.bridge_catchup_timeout_seconds
     consumer = consumer_factory(settings, group_id=None, auto_offset_reset="earliest",
                                 client_id=f"{settings.app_id}-bridge-catchup", fetch_max_wait_ms=50)
-    deadline = time.monotonic() + settings.bridge_catchup_timeout_seconds
+    deadline = time.monotonic() + timeout
     try:
         await consumer.start()
-        tps = {p: TopicPartition(spec.name, p) for p in ranges}
-        consumer.assign(list(tps.values()))
-        for partition, (begin, _) in ranges.items():
-            consumer.seek(tps[partition], begin)
-        remaining = dict(ranges)
-        while remaining:
-            if time.monotonic() > deadline:
-                raise CatchUpFailed(f"could not read back {spec.name} {remaining} within "
-                                    f"{settings.bridge_catchup_timeout_seconds} s")
-            fetched = await consumer.getmany(*(tps[p] for p in remaining), timeout_ms=200)
-            for tp, records in fetched.items():
-                end = remaining.get(tp.partition, (0, 0))[1]
+        tps = {TopicPartition(spec.name, p): bounds for p, bounds in ranges.items()}
+        async with aclosing(read_ranges(consumer, tps, timeout=max(0.0, deadline - time.monotonic()))) as chunks:
+            async for tp, records in chunks:
                 for record in records:
-                    if record.offset >= end:
-                        break
                     delivery = decode_record(spec, tp.partition, record.offset, record.key, record.value, skips)
                     if delivery is not None and wanted(delivery):
                         yield delivery
-            for partition in list(remaining):
-                if await consumer.position(tps[partition]) >= remaining[partition][1]:
-                    del remaining[partition]
-    except CatchUpFailed:
-        raise
+    except RangeReadError as exc:
+        remaining = {tp.partition: ranges[tp.partition] for tp in exc.remaining}
+        raise CatchUpFailed(f"could not read back {spec.name} {remaining} within {timeout} s") from None
     except Exception as exc:
         raise CatchUpFailed(f"could not read back {spec.name}: {exc}") from exc
     finally:

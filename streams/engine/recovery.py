@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.engine.state import Table
 from streams.kafka import consumer_factory, high_watermarks, read_ranges
 from streams.settings import Settings
+from streams.supervise import retry_delays
 
 if TYPE_CHECKING:
     from streams.engine.runner import AgentRunner
@@ -46,7 +48,6 @@ __all__ = [
     "plan_restore",
     "readiness",
     "restore_tables",
-    "retry_delays",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ logger = logging.getLogger(__name__)
 #: Records applied per fetch (one RocksDB write batch): small enough that a fetch's decoding and write
 #: hold the event loop for a few milliseconds, large enough that the per-fetch overhead stays small.
 RESTORE_MAX_RECORDS = 2_000
-RETRY_FIRST_SECONDS = 1.0
-RETRY_MAX_SECONDS = 30.0
 
 
 # -- pure pieces ---------------------------------------------------------------------------------------
@@ -85,14 +84,6 @@ def plan_restore(applied: dict[TopicPartition, int], ends: dict[TopicPartition, 
         elif offset + 1 < end:
             ranges[tp] = (offset + 1, end)
     return RestorePlan(ranges, ahead)
-
-
-def retry_delays(first: float = RETRY_FIRST_SECONDS, maximum: float = RETRY_MAX_SECONDS) -> Iterator[float]:
-    """Seconds to wait before each retry: ``first``, doubling, capped at ``maximum``."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, maximum)
 
 
 @dataclass
@@ -177,13 +168,15 @@ async def restore_tables(
             by_topic[tp.topic].open(tp.partition).write({}, end - 1)
         restored = 0
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        async for tp, records in read_ranges(consumer, plan.ranges, max_records=RESTORE_MAX_RECORDS, timeout=left):
-            changes: dict[bytes, bytes | None] = {}
-            for record in records:
-                if record.key is not None:
-                    changes[record.key] = record.value
-            by_topic[tp.topic].commit(tp.partition, changes, records[-1].offset)
-            restored += len(records)
+        async with aclosing(read_ranges(consumer, plan.ranges, max_records=RESTORE_MAX_RECORDS,
+                                        timeout=left)) as chunks:
+            async for tp, records in chunks:
+                changes: dict[bytes, bytes | None] = {}
+                for record in records:
+                    if record.key is not None:
+                        changes[record.key] = record.value
+                by_topic[tp.topic].commit(tp.partition, changes, records[-1].offset)
+                restored += len(records)
         return restored
     finally:
         if own:

@@ -42,6 +42,7 @@ from streams.exceptions import EventTooLarge, KeyMismatch, OutputTooLarge
 from streams.kafka import consumer_factory
 from streams.metrics import AgentMetrics
 from streams.settings import Settings
+from streams.supervise import Restart, supervise
 
 __all__ = ["AgentRunner", "AgentSpec"]
 
@@ -162,7 +163,7 @@ class AgentRunner:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the agent until cancelled, restarting it after a crash.
+        """Run the agent until cancelled, restarting it after a crash (:func:`streams.supervise.supervise`).
 
         A crash of a batch with records narrows the suspects: the agent is restarted on the same
         consumer, rewound to the last committed offsets, with half the batch size, until the record that
@@ -170,34 +171,28 @@ class AgentRunner:
         once for an output that can never be produced) it goes to the DLQ and the agent moves past it.
         Failures of the broker or of a dependency restart the consumer with a backoff instead.
         """
-        backoff = 1.0
         try:
-            while not self._stopping:
-                started = time.monotonic()
-                delay = backoff
-                try:
-                    if self.consumer is None:
-                        await self._start_consumer()
-                    await self._run_once()
-                    logger.info("agent %s stopped", self.name)
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.restarts += 1
-                    self.metrics.restarted()
-                    delay, kept = await self._recover_from_crash(exc, backoff)
-                    logger.exception("agent %s crashed (restart %d in %.1f s%s)", self.name, self.restarts, delay,
-                                     "" if kept else ", new consumer")
-                    if not kept:
-                        await self._cleanup()
-                if time.monotonic() - started > 60:
-                    backoff = 1.0
-                await asyncio.sleep(delay)
-                if delay >= backoff:
-                    backoff = min(backoff * 2, 30.0)
+            await supervise(f"agent {self.name}", self._start_and_run, log=logger, on_failure=self._on_crash,
+                            on_restart=self._count_restart, stopping=lambda: self._stopping)
         finally:
             await self._cleanup()
+
+    async def _start_and_run(self) -> None:
+        if self.consumer is None:
+            await self._start_consumer()
+        await self._run_once()
+        logger.info("agent %s stopped", self.name)
+
+    def _count_restart(self) -> None:
+        self.restarts += 1
+        self.metrics.restarted()
+
+    async def _on_crash(self, exc: Exception, backoff: float) -> Restart:
+        delay, kept = await self._recover_from_crash(exc, backoff)
+        if kept:
+            return Restart(delay)
+        await self._cleanup()
+        return Restart(delay, ", new consumer")
 
     async def _run_once(self) -> None:
         """One run of the agent function, with a context of its own (see streams/engine/context.py)."""

@@ -28,13 +28,12 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from streams.settings import Settings
 from streams.tools.exceptions import BrokerUnavailable, ToolError
-from streams.tools.scan import OffsetRange
+from streams.tools.scan import STALL_SECONDS, OffsetRange
 
 __all__ = ["raw_scan"]
 
 _MAX_BYTES = 64 * 1024 * 1024
 _PARTITION_BYTES = 16 * 1024 * 1024
-_STALL_SECONDS = 30.0
 
 
 async def raw_scan(settings: Settings, ranges: Mapping[TopicPartition, OffsetRange]
@@ -108,8 +107,8 @@ async def _fetch_loop(client: AIOKafkaClient, node: int, tps: list[TopicPartitio
                         positions[tp] = max(positions[tp], batch.next_offset)
             if batches:
                 last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > _STALL_SECONDS:
-                raise ToolError(f"no records from broker {node} for {_STALL_SECONDS:.0f} s although more were expected")
+            elif time.monotonic() - last_progress > STALL_SECONDS:
+                raise ToolError(f"no records from broker {node} for {STALL_SECONDS:.0f} s although more were expected")
             active = [tp for tp in active if positions[tp] < ends[tp]]
             # The next request goes out before this response's records are handed on.
             pending = asyncio.create_task(client.send(node, _request(active, positions))) if active else None

@@ -8,21 +8,22 @@ it is writing.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.kafka import consumer_factory
+from streams.kafka import RangeReadError, consumer_factory, read_ranges
 from streams.settings import Settings
 from streams.tools.cluster import start_client
 from streams.tools.exceptions import ToolError
 
-__all__ = ["OffsetRange", "scan", "scan_consumer"]
+__all__ = ["STALL_SECONDS", "OffsetRange", "scan", "scan_consumer"]
 
-_STALL_SECONDS = 30.0
+#: Seconds a bulk read may go without a record while records are still expected.
+STALL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -58,37 +59,16 @@ async def scan(consumer: AIOKafkaConsumer, ranges: Mapping[TopicPartition, Offse
                max_records: int = 50_000) -> AsyncIterator[list[Any]]:
     """Yield the records of every range as lists (one partition per list, in offset order).
 
-    Stops when each partition has reached its range's end; fails with :class:`ToolError` when the
-    broker returns nothing for 30 s while records are still expected.
+    Read with :func:`streams.kafka.read_ranges` (each partition stops at its range's end, wherever the
+    records are); fails with :class:`ToolError` when the broker returns nothing for 30 s while records
+    are still expected.
     """
-    active = {tp: r for tp, r in ranges.items() if r.end > r.start}
-    if not active:
-        return
-    consumer.assign(list(active))
-    for tp, r in active.items():
-        consumer.seek(tp, r.start)
-    last_progress = time.monotonic()
     try:
-        while active:
-            fetched = await consumer.getmany(timeout_ms=500, max_records=max_records)
-            if fetched:
-                last_progress = time.monotonic()
-            for tp, records in fetched.items():
-                wanted = active.get(tp)
-                if wanted is None or not records:
-                    continue
-                if records[-1].offset >= wanted.end:
-                    records = [record for record in records if record.offset < wanted.end]
-                if records:
-                    yield records
-            for tp in list(active):
-                # Position, not the last record seen: a compacted partition may have no record at end - 1.
-                if await consumer.position(tp) >= active[tp].end:
-                    del active[tp]
-                    consumer.pause(tp)
-            if active and time.monotonic() - last_progress > _STALL_SECONDS:
-                stuck = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in active)
-                raise ToolError(f"no records from {stuck} for {_STALL_SECONDS:.0f} s although more were expected")
-    finally:
-        for tp in consumer.assignment():
-            consumer.pause(tp)
+        async with aclosing(read_ranges(consumer, {tp: (r.start, r.end) for tp, r in ranges.items()},
+                                        max_records=max_records, stall_timeout=STALL_SECONDS,
+                                        fetch_timeout_ms=500)) as chunks:
+            async for _, records in chunks:
+                yield records
+    except RangeReadError as exc:
+        stuck = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in exc.remaining)
+        raise ToolError(f"no records from {stuck} for {STALL_SECONDS:.0f} s although more were expected") from None

@@ -9,9 +9,10 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from streams.catalog import LOCK_COMMANDS, USAGE_EVENTS
-from streams.engine.recovery import PartitionRestore, plan_restore, readiness, retry_delays
+from streams.engine.recovery import PartitionRestore, plan_restore, readiness
 from streams.engine.runner import AgentRunner, AgentSpec
 from streams.settings import Settings
+from streams.supervise import retry_delays
 
 CHANGELOG = "app.locks.seen.changelog"
 
