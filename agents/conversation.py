@@ -52,8 +52,8 @@ from urllib.parse import urlparse
 
 from agents.exceptions import TurnRefused
 from agents.memory import shared_memory
-from agents.pricing import PriceTable
 from agents.slots import FairSlots
+from agents.usage.pricing import PriceTable
 from connectors.circuit import CircuitBreaker
 from connectors.llm import ChatClient, ChatDelta, ChatEvent, ChatMessage, ChatResult
 from connectors.model_server import local_tokenizer_for_model, prompt_renderer_for_model

@@ -10,13 +10,14 @@ inside the Faust worker as a Faust service.
 from streams.engine.context import AgentContext, Resources
 from streams.engine.registry import agent, registered_agents
 from streams.engine.runner import AgentRunner, AgentSpec
-from streams.engine.state import Table
+from streams.engine.state import BaseTable, Table
 from streams.engine.stream import Batch, BatchStream, Record
 
 __all__ = [
     "AgentContext",
     "AgentRunner",
     "AgentSpec",
+    "BaseTable",
     "Batch",
     "BatchStream",
     "Record",

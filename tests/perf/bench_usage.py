@@ -6,7 +6,7 @@ pre-loaded into a fresh embedded broker each, and do the same aggregation: dedup
 cost as reported or from the price table, hourly and daily tumbling windows on event time per
 tenant × provider × model × kind, one rollup per closed window.
 
-- ours:  ``soma worker`` (``agents/usage.py`` on the batch engine). It also reports per-tenant totals,
+- ours:  ``soma worker`` (``agents/usage/`` on the batch engine). It also reports per-tenant totals,
   forecasts and budget checks, which the others do not: the comparison is conservative for us.
 - naive: ``tests/perf/naive_usage_app.py``, a plain Faust agent with Faust tables and one
   ``await topic.send`` per closed window.
@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from aiokafka.admin import NewTopic
 
-from agents.pricing import PriceTable
+from agents.usage.pricing import PriceTable
 from connectors.broker import free_port
 from schemas import UsageEvent, UsageReport, decode_event, encode_event
 from streams.catalog import USAGE_EVENTS, USAGE_REPORTS, all_topics

@@ -3,7 +3,7 @@
 One ``@app.agent`` over the usage topic, ``async for event in stream.events()``, Faust tables for the
 seen event ids, the open windows' sums and each tenant's event-time clock, and one
 ``await out_topic.send(...)`` per closed window. Same rules as the bench's other contestants: dedupe
-by ``event_id``, cost reported or from the real price table (:mod:`agents.pricing`), hourly and daily
+by ``event_id``, cost reported or from the real price table (:mod:`agents.usage.pricing`), hourly and daily
 tumbling windows per tenant × provider × model × kind on event time, closed when the tenant's clock
 passes the window end + ``NAIVE_GRACE_MS``, one ``UsageReport`` rollup (Avro) per closed window.
 
@@ -23,7 +23,7 @@ import faust
 
 # The price table and the schemas first (they load ``faust_app``, which creates the project's App);
 # creating ours afterwards keeps ours the "current" Faust app.
-from agents.pricing import PriceTable
+from agents.usage.pricing import PriceTable
 from schemas import UsageEvent, UsageReport, decode_event, encode_event
 
 BOOTSTRAP = os.environ.get("NAIVE_BOOTSTRAP", "127.0.0.1:9092")

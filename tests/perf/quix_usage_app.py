@@ -2,7 +2,7 @@
 
 It runs in its own virtualenv (``.venv-bench``, made by ``make bench-usage``): quixstreams 3.28 pins
 ``pydantic<2.14`` while the project needs ``>=2.14``, so the two cannot share one environment. It
-therefore imports nothing of the project but the price table (:mod:`agents.pricing`, standard library
+therefore imports nothing of the project but the price table (:mod:`agents.usage.pricing`, standard library
 only) and reads the Avro events with fastavro and the project's ``.avsc`` directly — less work per
 event than our agent's pydantic validation, which makes the comparison conservative for us.
 
@@ -33,7 +33,7 @@ from fastavro import parse_schema, schemaless_reader
 from quixstreams import Application, State
 from quixstreams.models.serializers import Deserializer
 
-from agents.pricing import PriceTable
+from agents.usage.pricing import PriceTable
 
 BOOTSTRAP = os.environ.get("QUIX_BOOTSTRAP", "127.0.0.1:9092")
 GROUP = os.environ.get("QUIX_GROUP", "quix-usage")

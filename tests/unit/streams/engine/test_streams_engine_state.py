@@ -1,4 +1,5 @@
-"""Tables and partition stores on a real RocksDB in a temporary directory."""
+"""Tables and partition stores: every rule on both implementations, RocksDB in a temporary directory and
+memory; what only a disk does (a restart of the worker, a wiped directory) on RocksDB alone."""
 
 from __future__ import annotations
 
@@ -10,22 +11,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.engine.state import PartitionStore, Table
+from streams.engine.state import BaseTable, MemoryStore, MemoryTable, PartitionStore, RocksDBStore, RocksDBTable
 
 CHANGELOG = "soma-streams-locks-changelog"
+IMPLEMENTATIONS = ["rocksdb", "memory"]
 
 
-@pytest.fixture
-def table_factory(tmp_path: Path) -> Iterator[Callable[..., Table]]:
-    """``table_factory(*partitions, name=..., directory=...)``: a table with those partitions open.
+def _new_table(implementation: str, name: str, directory: Path) -> BaseTable:
+    if implementation == "rocksdb":
+        return RocksDBTable(name, CHANGELOG, directory)
+    return MemoryTable(name, CHANGELOG)
 
-    Tables made here are closed at the end of the test (a second call on the same directory is a
-    restart of the worker, so close the first one before it).
-    """
-    made: list[Table] = []
 
-    def make(*partitions: int, name: str = "locks", directory: Path | None = None) -> Table:
-        table = Table(name, CHANGELOG, directory or tmp_path / name)
+def _tables(implementation: str, tmp_path: Path) -> Iterator[Callable[..., BaseTable]]:
+    made: list[BaseTable] = []
+
+    def make(*partitions: int, name: str = "locks", directory: Path | None = None) -> BaseTable:
+        table = _new_table(implementation, name, directory or tmp_path / name)
         for partition in partitions:
             table.open(partition)
         made.append(table)
@@ -36,7 +38,40 @@ def table_factory(tmp_path: Path) -> Iterator[Callable[..., Table]]:
         table.close_all()
 
 
-def _commit_all(table: Table, offsets: dict[int, int] | None = None) -> dict[int, dict[bytes, bytes | None]]:
+@pytest.fixture(params=IMPLEMENTATIONS)
+def table_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., BaseTable]]:
+    """``table_factory(*partitions, name=...)``: a table with those partitions open, once per implementation.
+
+    Tables made here are closed at the end of the test.
+    """
+    yield from _tables(request.param, tmp_path)
+
+
+@pytest.fixture
+def rocksdb_table_factory(tmp_path: Path) -> Iterator[Callable[..., BaseTable]]:
+    """``rocksdb_table_factory(*partitions, name=..., directory=...)``: a RocksDB table with those partitions open.
+
+    A second call on the same directory is a restart of the worker, so close the first table before it.
+    """
+    yield from _tables("rocksdb", tmp_path)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], PartitionStore]]:
+    """``store_factory()``: an empty partition store, once per implementation (closed at the end)."""
+    made: list[PartitionStore] = []
+
+    def make() -> PartitionStore:
+        store = RocksDBStore(tmp_path / f"store-{len(made)}") if request.param == "rocksdb" else MemoryStore()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def _commit_all(table: BaseTable, offsets: dict[int, int] | None = None) -> dict[int, dict[bytes, bytes | None]]:
     """What the engine does after the changelog acknowledged: write every pending change."""
     pending = table.take_pending()
     for partition, changes in pending.items():
@@ -44,7 +79,7 @@ def _commit_all(table: Table, offsets: dict[int, int] | None = None) -> dict[int
     return pending
 
 
-def test_pending_writes_are_visible_before_commit(table_factory: Callable[..., Table]) -> None:
+def test_pending_writes_are_visible_before_commit(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
 
     table.set("acme", {"status": "active", "fencing_token": 1}, 0)
@@ -55,7 +90,7 @@ def test_pending_writes_are_visible_before_commit(table_factory: Callable[..., T
     assert dict(table.items(0)) == {"acme": {"status": "active", "fencing_token": 1}, "globex": [1, 2, 3]}
 
 
-def test_get_of_missing_key_returns_default(table_factory: Callable[..., Table]) -> None:
+def test_get_of_missing_key_returns_default(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
 
     assert table.get("nobody", 0) is None
@@ -63,7 +98,7 @@ def test_get_of_missing_key_returns_default(table_factory: Callable[..., Table])
 
 
 def test_take_pending_and_commit_persist_and_record_changelog_offset(
-    table_factory: Callable[..., Table],
+    table_factory: Callable[..., BaseTable],
 ) -> None:
     table = table_factory(0, 1)
     table.set("a", 1, 0)
@@ -85,7 +120,7 @@ def test_take_pending_and_commit_persist_and_record_changelog_offset(
     assert table.open(1).changelog_offset == 7
 
 
-def test_partitions_are_separate(table_factory: Callable[..., Table]) -> None:
+def test_partitions_are_separate(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0, 1)
     table.set("same-key", "zero", 0)
     table.set("same-key", "one", 1)
@@ -97,7 +132,7 @@ def test_partitions_are_separate(table_factory: Callable[..., Table]) -> None:
     assert table.partitions == [0, 1]
 
 
-def test_pending_write_shadows_stored_value(table_factory: Callable[..., Table]) -> None:
+def test_pending_write_shadows_stored_value(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("k", "old", 0)
     _commit_all(table)
@@ -108,7 +143,7 @@ def test_pending_write_shadows_stored_value(table_factory: Callable[..., Table])
     assert list(table.items(0)) == [("k", "new")]
 
 
-def test_delete_hides_a_key_before_and_after_commit(table_factory: Callable[..., Table]) -> None:
+def test_delete_hides_a_key_before_and_after_commit(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("gone", 1, 0)
     table.set("kept", 2, 0)
@@ -127,7 +162,7 @@ def test_delete_hides_a_key_before_and_after_commit(table_factory: Callable[...,
     assert table.open(0).changelog_offset == 11
 
 
-def test_set_after_delete_in_same_batch_wins(table_factory: Callable[..., Table]) -> None:
+def test_set_after_delete_in_same_batch_wins(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("k", 1, 0)
     _commit_all(table)
@@ -139,7 +174,7 @@ def test_set_after_delete_in_same_batch_wins(table_factory: Callable[..., Table]
     assert table.get("k", 0) == 2
 
 
-def test_discard_pending_drops_uncommitted_writes(table_factory: Callable[..., Table]) -> None:
+def test_discard_pending_drops_uncommitted_writes(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("k", "committed", 0)
     _commit_all(table)
@@ -153,9 +188,11 @@ def test_discard_pending_drops_uncommitted_writes(table_factory: Callable[..., T
     assert table.take_pending() == {}
 
 
-def test_reopen_after_close_keeps_data_and_offset(tmp_path: Path, table_factory: Callable[..., Table]) -> None:
+def test_reopen_after_close_keeps_data_and_offset(
+    tmp_path: Path, rocksdb_table_factory: Callable[..., BaseTable]
+) -> None:
     directory = tmp_path / "restart"
-    first = table_factory(0, 3, directory=directory)
+    first = rocksdb_table_factory(0, 3, directory=directory)
     first.set("acme", {"fencing_token": 4}, 0)
     first.set("initech", "x", 3)
     _commit_all(first, {0: 99, 3: 5})
@@ -163,7 +200,7 @@ def test_reopen_after_close_keeps_data_and_offset(tmp_path: Path, table_factory:
     first.close_all()
     assert first.partitions == []
 
-    second = table_factory(0, 3, directory=directory)  # the worker restarted
+    second = rocksdb_table_factory(0, 3, directory=directory)  # the worker restarted
 
     assert second.get("acme", 0) == {"fencing_token": 4}
     assert second.get("initech", 3) == "x"
@@ -172,7 +209,7 @@ def test_reopen_after_close_keeps_data_and_offset(tmp_path: Path, table_factory:
     assert second.open(3).changelog_offset == 5
 
 
-def test_commit_without_offset_keeps_the_previous_offset(table_factory: Callable[..., Table]) -> None:
+def test_commit_without_offset_keeps_the_previous_offset(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("a", 1, 0)
     _commit_all(table, {0: 20})
@@ -185,7 +222,7 @@ def test_commit_without_offset_keeps_the_previous_offset(table_factory: Callable
 
 @pytest.mark.parametrize("operation", ["get", "set", "delete", "items"])
 def test_unassigned_partition_raises_key_error_naming_it(
-    operation: str, table_factory: Callable[..., Table]
+    operation: str, table_factory: Callable[..., BaseTable]
 ) -> None:
     table = table_factory(0, name="usage")
 
@@ -206,7 +243,7 @@ def test_unassigned_partition_raises_key_error_naming_it(
     assert table.take_pending() == {}  # nothing was queued for the unassigned partition
 
 
-def test_closed_partition_is_no_longer_readable(table_factory: Callable[..., Table]) -> None:
+def test_closed_partition_is_no_longer_readable(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0, 1)
     table.set("k", 1, 1)
 
@@ -218,8 +255,8 @@ def test_closed_partition_is_no_longer_readable(table_factory: Callable[..., Tab
     assert table.take_pending() == {}  # its pending writes went with it
 
 
-def test_wipe_removes_local_data(tmp_path: Path, table_factory: Callable[..., Table]) -> None:
-    table = table_factory(0, 1, directory=tmp_path / "wiped")
+def test_wipe_removes_local_data(tmp_path: Path, rocksdb_table_factory: Callable[..., BaseTable]) -> None:
+    table = rocksdb_table_factory(0, 1, directory=tmp_path / "wiped")
     table.set("k", 1, 0)
     table.set("k", 2, 1)
     _commit_all(table, {0: 3, 1: 4})
@@ -235,28 +272,51 @@ def test_wipe_removes_local_data(tmp_path: Path, table_factory: Callable[..., Ta
     assert table.get("k", 1) == 2  # the other partition is untouched
 
 
-def test_open_is_idempotent(table_factory: Callable[..., Table]) -> None:
+def test_open_is_idempotent(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
 
     assert table.open(0) is table.open(0)
 
 
-def test_partition_store_offset_and_items(tmp_path: Path) -> None:
-    store = PartitionStore(tmp_path / "store")
-    try:
-        assert store.changelog_offset == -1
-        assert list(store.items()) == []
+def test_partition_store_offset_and_items(store_factory: Callable[[], PartitionStore]) -> None:
+    store = store_factory()
+    assert store.changelog_offset == -1
+    assert list(store.items()) == []
 
-        store.write({b"a": b"1", b"b": b"2"}, 17)
-        store.write({b"a": None}, None)
+    store.write({b"a": b"1", b"b": b"2"}, 17)
+    store.write({b"a": None}, None)
 
-        assert store.get(b"a") is None
-        assert store.get(b"b") == b"2"
-        # The offset bookkeeping never shows up as a key.
-        assert list(store.items()) == [(b"b", b"2")]
-        assert store.changelog_offset == 17
-    finally:
-        store.close()
+    assert store.get(b"a") is None
+    assert store.get(b"b") == b"2"
+    # The offset bookkeeping never shows up as a key.
+    assert list(store.items()) == [(b"b", b"2")]
+    assert store.changelog_offset == 17
+
+
+def test_partition_store_lists_in_key_order_from_a_start_key(store_factory: Callable[[], PartitionStore]) -> None:
+    store = store_factory()
+    store.write({b"c": b"3", b"a": b"1", b"b": b"2", b"d": b"4"}, 1)
+
+    assert [key for key, _ in store.items()] == [b"a", b"b", b"c", b"d"]
+    assert list(store.items(b"b")) == [(b"b", b"2"), (b"c", b"3"), (b"d", b"4")]
+    assert list(store.items(b"bb")) == [(b"c", b"3"), (b"d", b"4")]
+
+
+def test_a_closed_partition_keeps_its_data_until_wiped(table_factory: Callable[..., BaseTable]) -> None:
+    """A revoke closes a partition and a re-assign opens it again: only a wipe starts it from scratch."""
+    table = table_factory(0)
+    table.set("k", 1, 0)
+    _commit_all(table, {0: 8})
+    table.close(0)
+
+    table.open(0)
+    assert table.get("k", 0) == 1
+    assert table.open(0).changelog_offset == 8
+
+    table.wipe(0)
+    assert table.partitions == []
+    assert table.open(0).changelog_offset == -1
+    assert list(table.items(0)) == []
 
 
 _keys = st.sampled_from(["a", "b", "c", "ünï", "with space"])
@@ -272,13 +332,16 @@ _operations = st.lists(
 )
 
 
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @settings(max_examples=40, deadline=None)
 @given(operations=_operations)
-def test_table_behaves_like_a_dict_with_a_pending_layer(operations: list[tuple[str, str | None, object]]) -> None:
+def test_table_behaves_like_a_dict_with_a_pending_layer(
+    implementation: str, operations: list[tuple[str, str | None, object]]
+) -> None:
     committed: dict[str, object] = {}
     visible: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as directory:
-        table = Table("model", CHANGELOG, Path(directory))
+        table = _new_table(implementation, "model", Path(directory))
         table.open(0)
         try:
             offset = 0
@@ -309,7 +372,7 @@ def test_table_behaves_like_a_dict_with_a_pending_layer(operations: list[tuple[s
             table.close_all()
 
 
-def test_writes_being_flushed_stay_visible_until_committed(table_factory: Callable[..., Table]) -> None:
+def test_writes_being_flushed_stay_visible_until_committed(table_factory: Callable[..., BaseTable]) -> None:
     """Work that runs across batches reads while a flush waits for the broker: it must see the newest value."""
     table = table_factory(0)
     table.set("session", ["turn 1"], 0)
@@ -327,7 +390,7 @@ def test_writes_being_flushed_stay_visible_until_committed(table_factory: Callab
     assert table.get("session", 0) == ["turn 1", "turn 2"]
 
 
-def test_a_deleted_key_being_flushed_reads_as_absent(table_factory: Callable[..., Table]) -> None:
+def test_a_deleted_key_being_flushed_reads_as_absent(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("k", 1, 0)
     table.commit(0, table.take_pending()[0], 0)
@@ -340,7 +403,7 @@ def test_a_deleted_key_being_flushed_reads_as_absent(table_factory: Callable[...
     assert table.get("k", 0) is None
 
 
-def test_rollback_undoes_the_writes_since_begin_and_keeps_earlier_ones(table_factory: Callable[..., Table]) -> None:
+def test_rollback_undoes_the_writes_since_begin_and_keeps_earlier_ones(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.set("kept", 1, 0)
     table.set("overwritten", "before", 0)
@@ -358,7 +421,7 @@ def test_rollback_undoes_the_writes_since_begin_and_keeps_earlier_ones(table_fac
     assert dict(table.items(0)) == {"kept": 1, "overwritten": "before"}
 
 
-def test_release_keeps_the_writes_and_stops_journaling(table_factory: Callable[..., Table]) -> None:
+def test_release_keeps_the_writes_and_stops_journaling(table_factory: Callable[..., BaseTable]) -> None:
     table = table_factory(0)
     table.begin()
     table.set("a", 1, 0)

@@ -1,85 +1,56 @@
-"""Tables: RocksDB state per partition, made durable by a compacted changelog topic.
+"""What every table is, whatever stores its partitions: the reads and writes agents make, the savepoints
+of :meth:`Batch.guard`, and the hand-over of a batch's writes to the changelog.
 
-A table is partitioned like the input topic of its agent: the value for a key lives in the partition
-the key's events arrive on, so one worker owns it. Writes made while a batch is processed are held in
-memory; when the batch is finished the engine sends them to the changelog, waits for the broker to
-acknowledge, writes them to RocksDB in one atomic write batch together with the changelog offset they
-reached, and only then commits the input offsets. A crash anywhere in between replays the batch, which
-agents make harmless by remembering processed event ids in a table of their own.
-
-When a partition is assigned, its store is opened from the local RocksDB directory and brought up to
-date from the changelog, so a worker that lost its disk, or a partition that moved to another worker,
-recovers the same state.
+A table keeps the writes of the batch being processed in memory (``pending``), hands them to the
+engine when the batch is finished (``flushing``, still visible to readers while the changelog
+acknowledges them) and gives them to its :class:`PartitionStore` once acknowledged, together with the
+changelog offset they reached. Only the store differs between implementations: RocksDB on disk for
+the worker (:mod:`streams.engine.state.rocksdb`), a sorted dict for the tests
+(:mod:`streams.engine.state.memory`), so both run the same pending/flushing/journal rules.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
-
-__all__ = ["PartitionStore", "Table"]
+__all__ = ["BaseTable", "PartitionStore"]
 
 logger = logging.getLogger(__name__)
 
-#: Key of the changelog offset a store has applied; outside the user key space (keys are UTF-8 text).
-_OFFSET_KEY = b"\xff__changelog_offset__"
 
+class PartitionStore(ABC):
+    """The durable part of one partition of one table: bytes keys → bytes values and a changelog offset."""
 
-class PartitionStore:
-    """One RocksDB database: one partition of one table."""
+    @abstractmethod
+    def get(self, key: bytes) -> bytes | None: ...
 
-    def __init__(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(str(path), options=options)
-
-    def get(self, key: bytes) -> bytes | None:
-        value = self._db.get(key)
-        return None if value is None else bytes(value)
-
+    @abstractmethod
     def items(self, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value in key order, from ``start`` (included) when given."""
-        for key, value in self._db.items(from_key=start) if start is not None else self._db.items():
-            if key != _OFFSET_KEY:
-                yield bytes(key), bytes(value)  # type: ignore[arg-type]  # raw mode: always bytes
 
     @property
+    @abstractmethod
     def changelog_offset(self) -> int:
         """Offset of the last changelog record applied here, -1 when none."""
-        raw = self._db.get(_OFFSET_KEY)
-        return -1 if raw is None else int(bytes(raw))
 
+    @abstractmethod
     def write(self, changes: dict[bytes, bytes | None], changelog_offset: int | None) -> None:
         """Apply writes (None deletes) and the changelog offset atomically."""
-        batch = WriteBatch(raw_mode=True)
-        for key, value in changes.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        if changelog_offset is not None:
-            batch.put(_OFFSET_KEY, str(changelog_offset).encode())
-        self._db.write(batch)
 
-    def close(self) -> None:
-        self._db.close()
+    @abstractmethod
+    def close(self) -> None: ...
 
 
-class Table:
+class BaseTable(ABC):
     """A named, partitioned key → JSON value table owned by one agent."""
 
-    def __init__(self, name: str, changelog_topic: str, directory: Path) -> None:
+    def __init__(self, name: str, changelog_topic: str) -> None:
         self.name = name
         self.changelog_topic = changelog_topic
-        self.directory = directory
         self._stores: dict[int, PartitionStore] = {}
         self._pending: dict[int, dict[bytes, bytes | None]] = {}
         #: Writes taken by a finish that is waiting for the broker: still the newest values for readers
@@ -87,6 +58,14 @@ class Table:
         self._flushing: dict[int, dict[bytes, bytes | None]] = {}
         #: While a record is guarded: the pending entries its writes replaced, to undo them if it fails.
         self._journal: list[tuple[int, bytes, bool, bytes | None]] | None = None
+
+    @abstractmethod
+    def _open_store(self, partition: int) -> PartitionStore:
+        """The store of a partition being assigned, with what it kept from before (if anything)."""
+
+    @abstractmethod
+    def _remove_store(self, partition: int) -> None:
+        """Forget what a closed partition's store kept, so its next open starts empty."""
 
     # -- reads and writes made by agents -----------------------------------------------------------
 
@@ -189,7 +168,7 @@ class Table:
     def open(self, partition: int) -> PartitionStore:
         store = self._stores.get(partition)
         if store is None:
-            store = self._stores[partition] = PartitionStore(self.directory / str(partition))
+            store = self._stores[partition] = self._open_store(partition)
         return store
 
     def close(self, partition: int) -> None:
@@ -206,7 +185,7 @@ class Table:
     def wipe(self, partition: int) -> None:
         """Drop a partition's local store so it is rebuilt from the changelog."""
         self.close(partition)
-        shutil.rmtree(self.directory / str(partition), ignore_errors=True)
+        self._remove_store(partition)
 
     def take_pending(self) -> dict[int, dict[bytes, bytes | None]]:
         """Hand the writes to a finish; readers keep seeing them until :meth:`commit` stores them."""

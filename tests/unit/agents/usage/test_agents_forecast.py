@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agents.forecast import FALLBACK_METHOD, METHOD, Forecast, forecast_sum, t_cdf, t_quantile
+from agents.usage.forecast import FALLBACK_METHOD, METHOD, Forecast, forecast_sum, t_cdf, t_quantile
 
 TRIALS = 2000
 TOLERANCE = 0.03  # 4 standard errors of a share at γ = 0.9 over 2000 trials (sqrt(.09/2000) = .0067)

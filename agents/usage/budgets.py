@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agents.exceptions import BudgetFileError
-from agents.pricing import load_table_file
+from agents.usage.pricing import load_table_file
 from streams.settings import UsageSettings
 
 __all__ = ["Budget", "Budgets", "Period", "crossed"]

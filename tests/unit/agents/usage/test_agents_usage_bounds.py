@@ -12,19 +12,15 @@ from typing import Any
 
 import pytest
 
-from agents.budgets import Budget, Budgets
 from agents.exceptions import BudgetFileError, UsageEventError
-from agents.forecast import Trend, forecast_sum
-from agents.pricing import ModelPrice, PriceTable
-from agents.usage import (
-    MAX_COUNT,
-    MAX_USD,
-    Stores,
-    UsageAccountant,
-    UsageConfig,
-)
+from agents.usage.accounting import UsageAccountant, UsageConfig
+from agents.usage.amounts import MAX_COUNT, MAX_USD
+from agents.usage.budgets import Budget, Budgets
+from agents.usage.forecast import Trend, forecast_sum
+from agents.usage.pricing import ModelPrice, PriceTable
 from schemas import UsageEvent, UsageReport, decode_event, derived_event_id, encode_event
 from schemas.envelope import DERIVED_ID_NAMESPACE
+from tests.support.usage_tables import flush, memory_stores
 
 START = datetime(2025, 3, 3, tzinfo=UTC)
 NOW_MS = int((START + timedelta(days=30)).timestamp() * 1000)
@@ -48,7 +44,7 @@ def unchecked(**fields: Any) -> UsageEvent:
 
 class Harness:
     def __init__(self, budgets: Budgets | None = None) -> None:
-        self.stores = Stores.in_memory()
+        self.stores = memory_stores()
         self.accountant = UsageAccountant(UsageConfig(idle_close_ms=0), PriceTable.load(), budgets or Budgets())
         self.reports: list[UsageReport] = []
         self.errors: list[Exception] = []
@@ -61,6 +57,7 @@ class Harness:
             except UsageEventError as exc:
                 self.errors.append(exc)
         self.reports += [report for _, report in account.finish()]
+        flush(self.stores)
 
     def check_reports(self) -> None:
         """Every report is finite, within the bounds, and survives the wire (the step after the agent)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agents.exceptions import PriceTableError
-from agents.pricing import ModelPrice, PriceTable
+from agents.usage.pricing import DEFAULT_PRICES_RESOURCE, ModelPrice, PriceTable
 
 
 @pytest.fixture
@@ -127,5 +128,7 @@ def test_missing_override_file_is_an_error(tmp_path: Path) -> None:
 
 def test_shipped_table_is_packaged_data() -> None:
     """The default table is read as package data, so it must be declared in pyproject's package-data."""
-    pyproject = (Path(__file__).resolve().parents[3] / "pyproject.toml").read_text()
-    assert 'agents = ["*.json"]' in pyproject
+    root = Path(__file__).resolve().parents[4]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "*.json" in package_data["agents.usage"]
+    assert (root / "agents" / "usage" / DEFAULT_PRICES_RESOURCE).is_file()

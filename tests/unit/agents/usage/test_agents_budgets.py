@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.budgets import Budget, Budgets, crossed
 from agents.exceptions import BudgetFileError
+from agents.usage.budgets import Budget, Budgets, crossed
 from streams.settings import Settings
 
 

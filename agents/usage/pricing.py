@@ -1,6 +1,6 @@
 """The price table: USD per 1M tokens per model, split into input, cached input and output.
 
-The table ships with the package (``agents/prices.json``: the embedded models at price 0 and the
+The table ships with the package (``agents/usage/prices.json``: the embedded models at price 0 and the
 common OpenAI models at their public list prices) and can be extended or corrected without a release
 by an override file (``SOMA_PRICES_FILE``, JSON or TOML, same layout as the shipped file)::
 
@@ -106,9 +106,9 @@ class PriceTable:
     @classmethod
     def load(cls, override_path: Path | None = None) -> PriceTable:
         """The shipped table, with the entries of ``override_path`` (JSON or TOML) laid over it."""
-        shipped = resources.files("agents").joinpath(DEFAULT_PRICES_RESOURCE).read_text(encoding="utf-8")
-        models, aliases = _parse(json.loads(shipped), f"agents/{DEFAULT_PRICES_RESOURCE}")
-        sources = [f"agents/{DEFAULT_PRICES_RESOURCE}"]
+        shipped = resources.files("agents.usage").joinpath(DEFAULT_PRICES_RESOURCE).read_text(encoding="utf-8")
+        models, aliases = _parse(json.loads(shipped), f"agents/usage/{DEFAULT_PRICES_RESOURCE}")
+        sources = [f"agents/usage/{DEFAULT_PRICES_RESOURCE}"]
         if override_path is not None:
             extra_models, extra_aliases = _parse(load_table_file(override_path, PriceTableError), str(override_path))
             models.update(extra_models)

@@ -1,4 +1,4 @@
-"""The usage accounting rules on in-memory stores: rollups, boundaries, late and duplicate events,
+"""The usage accounting rules on in-memory tables: rollups, boundaries, late and duplicate events,
 forecasts and budget alerts. The same code runs in the agent on RocksDB tables (integration tests)."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from agents.budgets import Budget, Budgets
 from agents.exceptions import LateEventError, UsageEventError
-from agents.forecast import METHOD, forecast_sum
-from agents.pricing import PriceTable
-from agents.usage import HOUR_MS, Stores, UsageAccountant, UsageConfig, month_bounds
+from agents.usage.accounting import UsageAccountant, UsageConfig
+from agents.usage.budgets import Budget, Budgets
+from agents.usage.forecast import METHOD, forecast_sum
+from agents.usage.keys import HOUR_MS, month_bounds
+from agents.usage.pricing import PriceTable
 from schemas import UsageEvent, UsageReport
+from tests.support.usage_tables import flush, memory_stores
 
 NOW = datetime(2025, 4, 1, tzinfo=UTC)  # the worker's wall clock: after every event below
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -39,11 +41,11 @@ def event_factory() -> Callable[..., UsageEvent]:
 
 
 class Harness:
-    """An accountant over in-memory stores; ``run`` accounts one batch and keeps its reports."""
+    """An accountant over in-memory tables; ``run`` accounts one batch and keeps its reports."""
 
     def __init__(self, budgets: Budgets | None = None, **config: Any) -> None:
         self.config = UsageConfig(**{"idle_close_ms": 0, **config})
-        self.stores = Stores.in_memory()
+        self.stores = memory_stores()
         self.accountant = UsageAccountant(self.config, PRICES, budgets or Budgets())
         self.reports: list[UsageReport] = []
         self.errors: list[Exception] = []
@@ -62,6 +64,7 @@ class Harness:
                 self.errors.append(exc)
                 accepted.append(False)
         self.reports += [report for _, report in account.finish(idle_close=tick)]
+        flush(self.stores)
         return accepted
 
     def rollups(self, window: str | None = None) -> dict[tuple[Any, ...], tuple[Any, ...]]:
@@ -109,7 +112,7 @@ def test_rollups_equal_the_hand_computed_set(event_factory: Callable[..., UsageE
         ("day", d1, None, None, None): (8160, 470, 400, 6, 0.05535, c(1, 4, 1)),
     }
     # Closed windows are gone from the table; the open ones (the 00:00 hour and day of 03-02) remain.
-    assert sorted(key.split("|")[-2] for key in harness.stores.windows) == ["day", "hour"]
+    assert sorted(key.split("|")[-2] for key, _ in harness.stores.windows.items()) == ["day", "hour"]
     # Rollup ids are deterministic: a replay after a crash sends the same ids.
     ids = {r.event_id for r in harness.of("rollup")}
     assert len(ids) == 12
@@ -161,7 +164,7 @@ def test_rule_breaking_events_change_nothing(event_factory: Callable[..., UsageE
     assert harness.run(future, bad_cache) == [False, False]
     assert "ahead of the worker's clock" in str(harness.errors[0])
     assert "cached_tokens (6) exceeds input_tokens (5)" in str(harness.errors[1])
-    assert not harness.stores.seen and not harness.stores.windows
+    assert not list(harness.stores.seen.items()) and not list(harness.stores.windows.items())
     assert harness.run(bad_cache.model_copy(update={"cached_tokens": 5})) == [True], "a fixed re-drive is accepted"
 
 
@@ -198,7 +201,7 @@ def test_forecast_from_the_hourly_history(event_factory: Callable[..., UsageEven
     month = forecasts["month"]
     assert month.window_end == datetime(2025, 4, 1, tzinfo=UTC)
     assert month.spent_usd == pytest.approx(sum(costs)), "the month's closed spend so far"
-    assert harness.stores.latest["acme"]["forecast"]["24h"]["forecast_cost_usd"] == pytest.approx(expected.total)
+    assert harness.stores.latest.get("acme")["forecast"]["24h"]["forecast_cost_usd"] == pytest.approx(expected.total)
 
 
 def test_each_budget_alert_once_per_period_even_after_a_restart(event_factory: Callable[..., UsageEvent]) -> None:
