@@ -32,3 +32,15 @@ def test_every_topic_is_documented_in_the_readme() -> None:
 def test_readme_opens_with_the_two_commands() -> None:
     head = README[:600]
     assert "make dev" in head and "make test" in head
+
+
+def test_every_package_has_its_line_in_the_layout() -> None:
+    root = Path(__file__).resolve().parents[2]
+    layout = README[README.index("## Layout"):]
+    packages = sorted(
+        f"{path.parent.relative_to(root).as_posix()}/"
+        for top in ("schemas", "connectors", "streams", "agents")
+        for path in (root / top).rglob("__init__.py")
+    )
+    missing = [package for package in packages if f"\n{package} " not in layout]
+    assert not missing, f"packages missing from the README's Layout: {missing}"
