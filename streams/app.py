@@ -14,6 +14,7 @@ from typing import Any
 import faust
 from faust.types.web import Web
 
+from streams import metrics
 from streams.engine.service import StreamEngine
 from streams.settings import Settings
 from streams.web import registered_views
@@ -35,7 +36,8 @@ class SomaApp(faust.App):
 
 def create_app(settings: Settings) -> SomaApp:
     """The app of this process: its agents and commands are found by autodiscovery of ``agents`` and
-    ``streams``, and the stream engine runs every registered agent inside ``soma worker``."""
+    ``streams``, and the stream engine runs every registered agent inside ``soma worker``, each with a
+    Prometheus sensor (the engine itself never imports the metrics)."""
     app = SomaApp(
         settings,
         settings.app_id,
@@ -59,5 +61,6 @@ def create_app(settings: Settings) -> SomaApp:
     # Started with the app's own services, not after Faust's table recovery as ``@app.service`` would be:
     # that waits for Faust's own consumer group to form and for a fixed 1 s pause of its table conductor,
     # neither of which the engine needs, and after a crash they came before every agent's group join.
-    app.add_dependency(StreamEngine(settings, beacon=app.beacon))
+    metrics.configure(settings)
+    app.add_dependency(StreamEngine(settings, sensor_factory=metrics.PrometheusAgentSensor, beacon=app.beacon))
     return app

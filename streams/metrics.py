@@ -34,8 +34,10 @@ breaker names are finite by construction. Tenants and models come from outside, 
 folds every later value into ``"other"``; the usage series are then at most
 ``(tenants + 1) × (models + 1) × 4``. The exact per-tenant figures are in the rollups, not in Prometheus.
 
-The engine calls the hooks of :class:`AgentMetrics`; they do O(1) work per batch plus one cheap loop
+The engine calls the hooks of each agent's :class:`~streams.engine.sensor.AgentSensor`; the worker's
+app hands it :class:`PrometheusAgentSensor`, whose hooks do O(1) work per batch plus one cheap loop
 over the batch's records for the latency histogram (a bulk histogram, not one ``observe`` per event).
+The consumer lag is read at scrape time from the consumers of the engine's running agents.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-import weakref
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -51,18 +52,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from streams.catalog import TopicSpec
+from streams.engine.registry import running_agents
+from streams.engine.sensor import AgentSensor
 from streams.settings import WorkerSettings
 from streams.web import page
 
 if TYPE_CHECKING:
     from connectors.circuit import CircuitBreaker, CircuitState
-    from streams.engine.runner import AgentRunner
     from streams.engine.stream import Batch
 
 __all__ = [
     "RECORDS_SKIPPED",
-    "AgentMetrics",
     "LabelBudget",
+    "PrometheusAgentSensor",
     "model_label",
     "render",
     "track_breaker",
@@ -148,7 +151,7 @@ _models = LabelBudget(WorkerSettings.model_fields["metrics_max_models"].default)
 
 
 def configure(settings: WorkerSettings) -> None:
-    """Apply ``SOMA_METRICS_MAX_TENANTS`` and ``SOMA_METRICS_MAX_MODELS`` (the engine calls it at start)."""
+    """Apply ``SOMA_METRICS_MAX_TENANTS`` and ``SOMA_METRICS_MAX_MODELS`` (``create_app`` calls it)."""
     _tenants.limit = settings.metrics_max_tenants
     _models.limit = settings.metrics_max_models
 
@@ -204,23 +207,19 @@ REGISTRY.register(EVENT_LATENCY)
 
 # -- engine hooks --------------------------------------------------------------------------------------
 
-_runners: weakref.WeakSet[AgentRunner] = weakref.WeakSet()
 
+class PrometheusAgentSensor(AgentSensor):
+    """The engine's hooks of one agent, counted into the metrics above."""
 
-class AgentMetrics:
-    """The metrics of one agent runner; the engine calls these hooks."""
-
-    def __init__(self, runner: AgentRunner) -> None:
-        self.runner = runner
-        agent, topic = runner.name, runner.spec.topic.name
-        self._labels = (agent, topic)
-        self._processed = EVENTS_PROCESSED.labels(agent, topic)
-        self._failed = EVENTS_FAILED.labels(agent, topic)
+    def __init__(self, agent: str, topic: TopicSpec) -> None:
+        super().__init__(agent, topic)
+        self._labels = (agent, topic.name)
+        self._processed = EVENTS_PROCESSED.labels(agent, topic.name)
+        self._failed = EVENTS_FAILED.labels(agent, topic.name)
         self._batch_seconds = BATCH_SECONDS.labels(agent)
         self._restarts = AGENT_RESTARTS.labels(agent)
         self._batch: Batch[Any] | None = None
         self._started = 0.0
-        _runners.add(runner)
 
     def batch_started(self, batch: Batch[Any]) -> None:
         self._batch = batch
@@ -241,25 +240,25 @@ class AgentMetrics:
 
     def dead_lettered(self, error_class: str) -> None:
         self._failed.inc()
-        DLQ_MESSAGES.labels(self.runner.name, self.runner.spec.topic.dlq, error_class).inc()
+        DLQ_MESSAGES.labels(self.agent, self.topic.dlq, error_class).inc()
 
     def restarted(self) -> None:
         self._restarts.inc()
 
     def restoring(self, partitions: int) -> None:
-        PARTITIONS_RESTORING.labels(self.runner.name).set(partitions)
+        PARTITIONS_RESTORING.labels(self.agent).set(partitions)
 
     def restore_failed(self) -> None:
-        RESTORE_FAILURES.labels(self.runner.name).inc()
+        RESTORE_FAILURES.labels(self.agent).inc()
 
     def restore_finished(self, seconds: float, records: int) -> None:
-        RESTORE_SECONDS.labels(self.runner.name).observe(seconds)
-        RESTORED_RECORDS.labels(self.runner.name).inc(records)
+        RESTORE_SECONDS.labels(self.agent).observe(seconds)
+        RESTORED_RECORDS.labels(self.agent).inc(records)
 
 
 async def _update_lag() -> None:
-    """Set the lag gauges from each live consumer's high watermarks and positions."""
-    for runner in list(_runners):
+    """Set the lag gauges from each running agent's consumer: its high watermarks and positions."""
+    for runner in running_agents():
         consumer = runner.consumer
         if consumer is None:
             continue

@@ -216,7 +216,7 @@ class Recovery:
         if runner.tables and partitions:
             consumer.pause(*(TopicPartition(runner.spec.topic.name, p) for p in partitions))
             self.restoring = {p: PartitionRestore(p) for p in partitions}
-        runner.metrics.restoring(len(self.restoring))
+        runner.sensor.restoring(len(self.restoring))
         self._task = asyncio.create_task(self._restore(self._generation, consumer, partitions),
                                          name=f"restore-{runner.name}")
 
@@ -226,7 +226,7 @@ class Recovery:
         if task is not None and not task.done():
             task.cancel()
         self.restoring = {}
-        self.runner.metrics.restoring(0)
+        self.runner.sensor.restoring(0)
 
     def _current(self, generation: int, consumer: AIOKafkaConsumer) -> bool:
         return generation == self._generation and self.runner.consumer is consumer
@@ -252,7 +252,7 @@ class Recovery:
                 reason = f"{type(exc).__name__}: {exc}"
                 for state in self.restoring.values():
                     state.error = reason
-                runner.metrics.restore_failed()
+                runner.sensor.restore_failed()
                 attempts = max((state.attempts for state in self.restoring.values()), default=0)
                 logger.error("agent %s: restoring partitions %s failed (attempt %d), retrying in %.0f s: %s",
                              runner.name, partitions, attempts, delay, reason)
@@ -261,7 +261,7 @@ class Recovery:
             return
         if self.restoring:
             seconds = time.monotonic() - started
-            runner.metrics.restore_finished(seconds, restored)
+            runner.sensor.restore_finished(seconds, restored)
             if restored:
                 logger.info("agent %s: restored %d changelog records of partitions %s in %.1f s", runner.name,
                             restored, partitions, seconds)
@@ -274,5 +274,5 @@ class Recovery:
         assigned = consumer.assignment()
         consumer.resume(*(tp for p in partitions if (tp := TopicPartition(self.runner.spec.topic.name, p)) in assigned))
         self.restoring = {}
-        self.runner.metrics.restoring(0)
+        self.runner.sensor.restoring(0)
         return True

@@ -15,7 +15,7 @@ from streams.engine.runner import AgentRunner, AgentSpec, InvalidHandler
 from streams.engine.stream import BatchStream
 from streams.settings import Settings
 
-__all__ = ["agent", "registered_agents", "running_agent", "set_running"]
+__all__ = ["agent", "registered_agents", "running_agent", "running_agents", "set_running"]
 
 _AGENTS: dict[str, AgentSpec] = {}
 #: The runners of this worker process's engine, by agent name, while it runs (for HTTP views).
@@ -75,3 +75,8 @@ def set_running(runners: list[AgentRunner]) -> None:
 def running_agent(name: str) -> AgentRunner | None:
     """The runner of agent ``name`` in this worker process, if its engine runs it."""
     return _RUNNING.get(name)
+
+
+def running_agents() -> list[AgentRunner]:
+    """Every runner of this worker process's engine while it runs."""
+    return list(_RUNNING.values())

@@ -36,11 +36,11 @@ from streams.catalog import TopicSpec
 from streams.engine.context import AgentContext, Resources
 from streams.engine.outbox import Outbox
 from streams.engine.recovery import Recovery
+from streams.engine.sensor import AgentSensor
 from streams.engine.state import Table
 from streams.engine.stream import Batch, BatchStream, Record, dead_letter_message, now_ms
 from streams.exceptions import EventTooLarge, KeyMismatch, OutputTooLarge
 from streams.kafka import consumer_factory
-from streams.metrics import AgentMetrics
 from streams.settings import Settings
 from streams.supervise import Restart, supervise
 
@@ -93,6 +93,7 @@ class AgentRunner:
     def __init__(
         self, spec: AgentSpec, settings: Settings, producer: AIOKafkaProducer,
         live_producer: AIOKafkaProducer | None = None, resources: Resources | None = None,
+        sensor: AgentSensor | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -148,7 +149,8 @@ class AgentRunner:
         self._room_paused: set[TopicPartition] = set()
         tick = spec.tick_seconds
         self.tick_seconds: float | None = tick(settings) if callable(tick) else tick
-        self.metrics = AgentMetrics(self)
+        #: Told about batches, dead letters, restarts and restores; the no-op base unless one is given.
+        self.sensor = sensor if sensor is not None else AgentSensor(spec.name, spec.topic)
         self.recovery = Recovery(self)
         limit = spec.max_records
         self.max_records: int = (limit(settings) if callable(limit) else limit) or settings.batch_max_records
@@ -185,7 +187,7 @@ class AgentRunner:
 
     def _count_restart(self) -> None:
         self.restarts += 1
-        self.metrics.restarted()
+        self.sensor.restarted()
 
     async def _on_crash(self, exc: Exception, backoff: float) -> Restart:
         delay, kept = await self._recover_from_crash(exc, backoff)
@@ -259,7 +261,7 @@ class AgentRunner:
         self._crashes.pop((record.topic, record.partition, record.offset), None)
         self.quarantined += 1
         self.dead_lettered += 1
-        self.metrics.dead_lettered(letter.error_class)
+        self.sensor.dead_lettered(letter.error_class)
         logger.error("agent %s: %s[%d]@%d quarantined to the DLQ: %s", self.name, record.topic, record.partition,
                      record.offset, message)
 
@@ -342,7 +344,7 @@ class AgentRunner:
                 self._next_tick = time.monotonic() + tick
                 batch.tick = True
             if batch.records or batch.failed or len(self.outbox) or tick_due or self._finished:
-                self.metrics.batch_started(batch)
+                self.sensor.batch_started(batch)
                 return batch
             self._in_batch = False
             self._lock.release()
@@ -478,7 +480,7 @@ class AgentRunner:
     def dead_letter(self, record: Record[Any], error: BaseException, attempts: int) -> None:
         headers, letter = dead_letter_message(record, error, self.name, attempts)
         self.dead_lettered += 1
-        self.metrics.dead_lettered(letter.error_class)
+        self.sensor.dead_lettered(letter.error_class)
         logger.warning(
             "agent %s: %s[%d]@%d to DLQ: %s: %s", self.name, record.topic, record.partition, record.offset,
             letter.error_class, letter.error_message,
@@ -518,7 +520,7 @@ class AgentRunner:
             await self._commit()
             self._batch_records = []
             self._passed_suspects()
-            self.metrics.batch_finished()
+            self.sensor.batch_finished()
         finally:
             self._in_batch = False
             self._lock.release()

@@ -10,12 +10,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from mode import Service
 
-from streams import metrics
 from streams.catalog import all_topics, ensure_topics
 from streams.engine.context import Resources
 from streams.engine.recovery import readiness
 from streams.engine.registry import registered_agents, set_running
 from streams.engine.runner import AgentRunner
+from streams.engine.sensor import AgentSensor, SensorFactory
 from streams.gcpause import freeze_long_lived
 from streams.kafka import admin_factory, producer_factory
 from streams.settings import Settings
@@ -60,12 +60,14 @@ class StreamEngine(Service):
 
     The batch producer lingers a few milliseconds so that batches fill; the live producer
     (``Batch.publish``: answer chunks a client is watching) sends at once, because there every
-    millisecond of linger is a millisecond of time-to-first-token.
+    millisecond of linger is a millisecond of time-to-first-token. ``sensor_factory`` builds each
+    runner's :class:`~streams.engine.sensor.AgentSensor` (the app passes the Prometheus one).
     """
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, sensor_factory: SensorFactory = AgentSensor, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.sensor_factory = sensor_factory
         self.producer: AIOKafkaProducer | None = None
         self.live_producer: AIOKafkaProducer | None = None
         self.runners: list[AgentRunner] = []
@@ -77,14 +79,14 @@ class StreamEngine(Service):
         global _engine
         _engine = self
         specs = registered_agents()
-        metrics.configure(self.settings)
         await prepare_topics(self.settings)
         self.producer = producer_factory(self.settings)
         await self.producer.start()
         self.live_producer = producer_factory(self.settings, linger_ms=0, client_id=f"{self.settings.app_id}-live")
         await self.live_producer.start()
         for spec in specs:
-            runner = AgentRunner(spec, self.settings, self.producer, self.live_producer, self.resources)
+            runner = AgentRunner(spec, self.settings, self.producer, self.live_producer, self.resources,
+                                 self.sensor_factory(spec.name, spec.topic))
             self.runners.append(runner)
             self._runner_tasks.append(asyncio.create_task(runner.run(), name=f"agent-{spec.name}"))
         set_running(self.runners)
