@@ -1,7 +1,7 @@
 """The operator commands' help and their argument errors, through the real click commands (in process).
 
 Only errors found before the command talks to Kafka are here; the ones that need a broker's answer
-are in tests/integration/test_streams_tools_cli_e2e.py.
+are in tests/integration/streams/tools/test_streams_tools_cli_e2e.py.
 """
 
 from __future__ import annotations
