@@ -25,7 +25,7 @@ is the time from the moment the worker took the job's batch to its result. Failu
 the embeddings endpoint are retried by the connectors (with backoff and a circuit breaker); a job that
 still fails is answered ``failed`` and dead-lettered, so it can be re-driven from the DLQ.
 
-The local model is loaded by the first job that needs it (about 10 s, once per process, mostly
+The local model is loaded by the first job that needs it (once per process; most of it is
 importing torch) rather than at worker start: a worker that never embeds never pays for torch.
 
 Duplicates: a job whose ``event_id`` succeeded before is skipped without a second answer (a table of

@@ -157,8 +157,8 @@ class EmbeddedModelServer(ServerProcess):
     has run: the first completion after loading costs seconds of one-off setup, which should not land
     on the first user's time-to-first-token. ``n_threads=None`` keeps llama.cpp's default (half the
     cores) for generating, and prompts are evaluated on as many (not on every core, llama-cpp-python's
-    default: the worker and the broker would wait for a core during every prompt, measured as 15-30 ms
-    stalls of the worker's event loop on a 2-core machine). Output goes to ``log_path`` (with
+    default: the worker and the broker would wait for a core during every prompt, stalling the
+    worker's event loop). Output goes to ``log_path`` (with
     llama.cpp's per-request timings) or is discarded. It runs in its own session: a Ctrl-C aimed at
     the parent's foreground job must not kill the model mid-answer; ``stop()`` ends it (SIGTERM, which
     uvicorn shuts down on cleanly).

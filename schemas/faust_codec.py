@@ -1,7 +1,7 @@
 """The ``soma_avro`` Faust codec: topics declared with it carry Confluent-framed Avro events.
 
-Kept out of :mod:`schemas.codec` because importing Faust's codec module costs ~200 ms (it pulls in
-aiohttp), which tools that only decode bytes should not pay. The codec is a thin adapter: agents still
+Kept out of :mod:`schemas.codec` because importing Faust's codec module pulls in aiohttp, which tools
+that only decode bytes should not pay. The codec is a thin adapter: agents still
 validate input with :func:`schemas.decode_event` when a JSON object arrives, since a JSON object does
 not say which event type it is.
 """

@@ -13,8 +13,8 @@ async def freeze_long_lived(interval: float = 2.0) -> None:
 
     A process that holds many long-lived objects (a bridge with 10,000 connections, a worker with Faust,
     its tables and its clients) pays for them in every generation-1/2 collection, which stalls the
-    event loop: 70-130 ms pauses were measured in the bridge, and a stalled loop is every client's
-    latency. Frozen objects are still freed by reference counting; only cyclic garbage that
+    event loop, and a stalled loop is every client's latency. Frozen objects are still freed by
+    reference counting; only cyclic garbage that
     survived the young collection right before the freeze stays, which the bridge hardly makes. The
     oldest generation is collected far less often than Python's default for the same reason.
     """

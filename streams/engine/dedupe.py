@@ -6,8 +6,8 @@ makes its effects idempotent by remembering the ``event_id`` of each event it ha
 like the input, so the worker owning a record owns its id). A sweep drops expired ids, so the table
 stays bounded by the traffic of about one TTL.
 
-The sweep is incremental: a table holds a TTL's worth of ids (millions for a week at a few thousand
-events/s), and reading them all in one go held the event loop — and with it every consumer's
+The sweep is incremental: a table holds a TTL's worth of ids (millions for a week of steady
+traffic), and reading them all in one go held the event loop — and with it every consumer's
 heartbeats and fetches in the worker — for seconds. A sweep *round* starts at most once a minute; each
 call (agents call it once per batch) examines at most ``slice_size`` ids, in key order, and the next
 call resumes after the last one, partition by partition, until the round has seen every id.
