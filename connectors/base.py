@@ -65,11 +65,14 @@ class TransientError(Exception):
 class Connector(abc.ABC):
     """One outside system behind a retry policy and a circuit breaker (see the module docstring).
 
-    ``label`` names the dependency in errors and logs (``"LLM at http://..."``).
+    ``label`` names the dependency in errors (``"LLM at http://..."``), ``call`` one call to it in the
+    retry log (``"LLM call to http://..."``; default: the label).
     """
 
-    def __init__(self, label: str, *, breaker: CircuitBreaker, retry_policy: RetryPolicy) -> None:
+    def __init__(self, label: str, *, breaker: CircuitBreaker, retry_policy: RetryPolicy,
+                 call: str | None = None) -> None:
         self.label = label
+        self.call = call or label
         self.breaker = breaker
         self.retry_policy = retry_policy
 
@@ -151,7 +154,7 @@ class Connector(abc.ABC):
         # The subclass's module logger: the line names the connector that retries.
         logging.getLogger(type(self).__module__).warning(
             "%s failed (attempt %d of %d): %s; retrying in %.2f s",
-            self.label, state.attempt_number, self.retry_policy.attempts, self.describe(error), wait,
+            self.call, state.attempt_number, self.retry_policy.attempts, self.describe(error), wait,
         )
 
     def unavailable_message(self, exc: BaseException, attempts: int, *, during: str = "") -> str:
@@ -208,6 +211,8 @@ class OpenAICompatible(Connector):
     """
 
     label_prefix: ClassVar[str]
+    #: How the retry log names one call, before the URL (``"LLM call to"``).
+    call_prefix: ClassVar[str]
     breaker_prefix: ClassVar[str]
     unavailable_error: ClassVar[type[DependencyUnavailable]]
     request_error: ClassVar[type[RequestRejected]]
@@ -233,6 +238,7 @@ class OpenAICompatible(Connector):
             f"{self.label_prefix} {self.base_url}",
             breaker=breaker or CircuitBreaker(f"{self.breaker_prefix} {self.base_url}"),
             retry_policy=RetryPolicy(max_retries + 1, backoff_initial, backoff_max, max_retry_after),
+            call=f"{self.call_prefix} {self.base_url}",
         )
         self.timeout = timeout
         self.connect_timeout = connect_timeout

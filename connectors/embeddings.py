@@ -278,6 +278,7 @@ class OpenAIEmbedder(OpenAICompatible):
     provider = "openai"
     distance: Distance = "cosine"
     label_prefix = "embeddings endpoint"
+    call_prefix = "embeddings request to"
     breaker_prefix = "embeddings"
     unavailable_error = EmbeddingsUnavailable
     request_error = EmbeddingsRequestError

@@ -270,6 +270,7 @@ class ChatClient(OpenAICompatible):
     """
 
     label_prefix = "LLM at"
+    call_prefix = "LLM call to"
     breaker_prefix = "llm"
     unavailable_error = LLMUnavailable
     request_error = LLMRequestError

@@ -125,6 +125,7 @@ class VectorStore(Connector):
             f"Qdrant at {self.location}",
             breaker=breaker or CircuitBreaker(f"qdrant {self.location}"),
             retry_policy=RetryPolicy(attempts, backoff_initial, backoff_max),
+            call=f"Qdrant call to {self.location}",
         )
         self.api_key = api_key
         self.timeout = timeout

@@ -220,6 +220,7 @@ async def test_the_connector_is_closed_by_its_context() -> None:
 
 class FakeEmbedder(OpenAICompatible):
     label_prefix = "embeddings endpoint"
+    call_prefix = "embeddings request to"
     breaker_prefix = "embeddings"
     unavailable_error = EmbeddingsUnavailable
     request_error = EmbeddingsRequestError
